@@ -1,0 +1,211 @@
+// Elementwise ops (forward and backward side by side): fills, unary maps, binary maps with numpy
+// broadcasting. Same-shape ops on tensors larger than the storage-binding limit run in windows.
+import src from "../../../wgsl/elementwise.wgsl" with { type: "text" };
+import { gpu, type Uniforms } from "../../gpu/device.ts";
+import { record } from "../autograd.ts";
+import { Tensor, numel, shapeStr } from "../tensor.ts";
+import { broadcastShapes, broadcastStrides, pad8, sameShape } from "./shape.ts";
+import { sumTo } from "./reduce.ts";
+
+const WG = 256;
+
+function params(n: number, s0 = 0, s1 = 0, rank = 0, dims: number[] = [], sa: number[] = [], sb: number[] = []): Uniforms {
+  return ["uuff" + "u".repeat(24), n, rank, s0, s1, ...pad8(dims), ...pad8(sa, 0), ...pad8(sb, 0)];
+}
+
+function checkF32(op: string, ...ts: Tensor[]): void {
+  for (const t of ts) if (t.dtype !== "f32") throw new Error(`${op}: expects f32, got ${t.dtype} ${shapeStr(t.shape)}`);
+}
+
+/**
+ * Run a same-shape elementwise kernel over `n` elements, split into windows of at most the binding
+ * limit (offsets aligned to 256 bytes).
+ */
+function runWindowed(kernelName: string, defines: Record<string, string | number | boolean>, inputs: Tensor[], out: Tensor, s0 = 0, s1 = 0): void {
+  const g = gpu();
+  const k = g.kernel(kernelName, src, defines);
+  const n = out.size;
+  const maxElems = Math.floor(g.maxBinding / 1024) * 256;
+  for (let start = 0; start < n || (n === 0 && start === 0); start += maxElems) {
+    const count = Math.min(maxElems, n - start);
+    if (count <= 0) break;
+    const bind = (t: Tensor) => ({ buffer: t.buffer, offset: start * 4, size: Math.ceil(count * 4 / 4) * 4 });
+    g.dispatch(k, [...inputs.map(bind), bind(out)], params(count, s0, s1), g.grid(Math.ceil(count / WG)));
+  }
+}
+
+// ---------------------------------------------------------------------------------------- fills
+
+export function full(shape: readonly number[], value: number, label = "full"): Tensor {
+  const out = Tensor.empty(shape, "f32", label);
+  runWindowed("fill", { KIND_FILL: true }, [], out, value);
+  return out;
+}
+
+export const zeros = (shape: readonly number[], label = "zeros") => full(shape, 0, label);
+export const ones = (shape: readonly number[], label = "ones") => full(shape, 1, label);
+export const zerosLike = (t: Tensor) => full(t.shape, 0, "zeros");
+export const onesLike = (t: Tensor) => full(t.shape, 1, "ones");
+
+// ---------------------------------------------------------------------------------------- unary
+
+/** out = EXPR(a) with a backward `grad * DERIV(a, out)`. */
+interface UnaryDef {
+  expr: string;
+  /** Derivative times `b` (the incoming gradient), in terms of `a` (the input). */
+  grad: string;
+}
+
+const UNARY: Record<string, UnaryDef> = {
+  neg: { expr: "-a", grad: "-b" },
+  exp: { expr: "exp(a)", grad: "b * exp(a)" },
+  log: { expr: "log(a)", grad: "b / a" },
+  sqrt: { expr: "sqrt(a)", grad: "b * 0.5 / sqrt(a)" },
+  square: { expr: "a * a", grad: "b * 2.0 * a" },
+  abs: { expr: "abs(a)", grad: "b * sign(a)" },
+  relu: { expr: "max(a, 0.0)", grad: "select(0.0, b, a > 0.0)" },
+  sigmoid: { expr: "sigmoid(a)", grad: "b * sigmoid(a) * (1.0 - sigmoid(a))" },
+  tanh: { expr: "tanh(a)", grad: "b * (1.0 - tanh(a) * tanh(a))" },
+  silu: { expr: "a * sigmoid(a)", grad: "b * sigmoid(a) * (1.0 + a * (1.0 - sigmoid(a)))" },
+  gelu: { expr: "gelu(a)", grad: "b * gelu_grad(a)" },
+  quickGelu: {
+    expr: "a * sigmoid(1.702 * a)",
+    grad: "b * (sigmoid(1.702 * a) + 1.702 * a * sigmoid(1.702 * a) * (1.0 - sigmoid(1.702 * a)))",
+  },
+  // scale and shift by uniforms: a * s0 + s1
+  affine: { expr: "a * p.s0 + p.s1", grad: "b * p.s0" },
+};
+
+function unary(name: keyof typeof UNARY, a: Tensor, s0 = 0, s1 = 0): Tensor {
+  checkF32(name, a);
+  const def = UNARY[name];
+  const out = Tensor.empty(a.shape, "f32", name);
+  runWindowed(`unary_${name}`, { UNARY: true, EXPR: def.expr }, [a], out, s0, s1);
+  return record(out, name, [a], [a], (g, [x]) => [binarySameShape(`${name}_grad`, def.grad, x, g, s0, s1)]);
+}
+
+export const neg = (a: Tensor) => unary("neg", a);
+export const exp = (a: Tensor) => unary("exp", a);
+export const log = (a: Tensor) => unary("log", a);
+export const sqrt = (a: Tensor) => unary("sqrt", a);
+export const square = (a: Tensor) => unary("square", a);
+export const abs = (a: Tensor) => unary("abs", a);
+export const relu = (a: Tensor) => unary("relu", a);
+export const sigmoid = (a: Tensor) => unary("sigmoid", a);
+export const tanh = (a: Tensor) => unary("tanh", a);
+export const silu = (a: Tensor) => unary("silu", a);
+/** GELU with the exact erf form (as torch's default and diffusers' GEGLU). */
+export const gelu = (a: Tensor) => unary("gelu", a);
+/** x * sigmoid(1.702 x), CLIP's activation. */
+export const quickGelu = (a: Tensor) => unary("quickGelu", a);
+/** a * scale + shift. */
+export const affine = (a: Tensor, scale: number, shift = 0) => unary("affine", a, scale, shift);
+export const scale = (a: Tensor, s: number) => unary("affine", a, s, 0);
+export const addScalar = (a: Tensor, s: number) => unary("affine", a, 1, s);
+
+// ---------------------------------------------------------------------------------------- binary
+
+/** Same-shape binary map without autograd (used by backward formulas). */
+export function binarySameShape(name: string, expr: string, a: Tensor, b: Tensor, s0 = 0, s1 = 0): Tensor {
+  checkF32(name, a, b);
+  if (!sameShape(a.shape, b.shape)) throw new Error(`${name}: shapes ${shapeStr(a.shape)} and ${shapeStr(b.shape)} differ`);
+  const out = Tensor.empty(a.shape, "f32", name);
+  runWindowed(`binary_${name}`, { EXPR: expr }, [a, b], out, s0, s1);
+  return out;
+}
+
+/** Binary map with broadcasting, no autograd. */
+export function binaryMap(name: string, expr: string, a: Tensor, b: Tensor, s0 = 0, s1 = 0): Tensor {
+  if (sameShape(a.shape, b.shape)) return binarySameShape(name, expr, a, b, s0, s1);
+  checkF32(name, a, b);
+  const shape = broadcastShapes(a.shape, b.shape, name);
+  const out = Tensor.empty(shape, "f32", name);
+  const g = gpu();
+  const k = g.kernel(`bcast_${name}`, src, { BROADCAST: true, EXPR: expr });
+  const p = params(out.size, s0, s1, shape.length, shape, broadcastStrides(a.shape, shape), broadcastStrides(b.shape, shape));
+  g.dispatch(k, [a.binding(), b.binding(), out.binding()], p, g.grid(Math.ceil(out.size / WG)));
+  return out;
+}
+
+/** Reduce a gradient of the broadcast shape back to `shape` (sum over broadcast dims). */
+function unbroadcast(g: Tensor, shape: readonly number[]): Tensor {
+  return sameShape(g.shape, shape) ? g.detach() : sumTo(g, shape);
+}
+
+export function add(a: Tensor, b: Tensor): Tensor {
+  const out = binaryMap("add", "a + b", a, b);
+  return record(out, "add", [a, b], [], (g) => [unbroadcast(g, a.shape), unbroadcast(g, b.shape)]);
+}
+
+export function sub(a: Tensor, b: Tensor): Tensor {
+  const out = binaryMap("sub", "a - b", a, b);
+  return record(out, "sub", [a, b], [], (g, _s, needs) => {
+    const gb = needs[1] ? scale(g, -1) : null;
+    const r = [needs[0] ? unbroadcast(g, a.shape) : null, gb ? unbroadcast(gb, b.shape) : null];
+    gb?.dispose();
+    return r;
+  });
+}
+
+export function mul(a: Tensor, b: Tensor): Tensor {
+  const out = binaryMap("mul", "a * b", a, b);
+  return record(out, "mul", [a, b], [a, b], (g, [sa, sb], needs) => {
+    const res: (Tensor | null)[] = [null, null];
+    if (needs[0]) {
+      const t = binaryMap("mul", "a * b", g, sb);
+      res[0] = unbroadcast(t, a.shape);
+      t.dispose();
+    }
+    if (needs[1]) {
+      const t = binaryMap("mul", "a * b", g, sa);
+      res[1] = unbroadcast(t, b.shape);
+      t.dispose();
+    }
+    return res;
+  });
+}
+
+export function div(a: Tensor, b: Tensor): Tensor {
+  const out = binaryMap("div", "a / b", a, b);
+  return record(out, "div", [a, b], [a, b], (g, [sa, sb], needs) => {
+    const res: (Tensor | null)[] = [null, null];
+    if (needs[0]) {
+      const t = binaryMap("div", "a / b", g, sb);
+      res[0] = unbroadcast(t, a.shape);
+      t.dispose();
+    }
+    if (needs[1]) {
+      // d(a/b)/db = -a / b^2
+      const q = binaryMap("div", "a / b", sa, sb); // a/b
+      const q2 = binaryMap("div", "a / b", q, sb); // a/b^2
+      const t = binaryMap("negmul", "-a * b", g, q2);
+      res[1] = unbroadcast(t, b.shape);
+      q.dispose();
+      q2.dispose();
+      t.dispose();
+    }
+    return res;
+  });
+}
+
+// ---------------------------------------------------------------------------------------- views
+
+/** A new handle on the same storage with another shape of equal size; no autograd. */
+export function reshapeRaw(t: Tensor, shape: readonly number[]): Tensor {
+  if (numel(shape) !== t.size) throw new Error(`reshape: ${shapeStr(t.shape)} has ${t.size} elements, not ${shapeStr(shape)}`);
+  t.storage.refs++;
+  return new Tensor(t.storage, shape, t.dtype, t.label);
+}
+
+/** Broadcast `t` to `shape` (materialised), times `mult`; no autograd. */
+export function expand(t: Tensor, shape: readonly number[], mult = 1): Tensor {
+  checkF32("expand", t);
+  const full = broadcastShapes(t.shape, shape, "expand");
+  if (!sameShape(full, shape)) throw new Error(`expand: ${shapeStr(t.shape)} does not broadcast to ${shapeStr(shape)}`);
+  const out = Tensor.empty(shape, "f32", "expand");
+  const g = gpu();
+  const k = g.kernel("expand", src, { UNARY: true, BROADCAST: true, EXPR: "a * p.s0" });
+  const p = params(out.size, mult, 0, shape.length, [...shape], broadcastStrides(t.shape, shape));
+  g.dispatch(k, [t.binding(), out.binding()], p, g.grid(Math.ceil(out.size / WG)));
+  return out;
+}

@@ -1,0 +1,121 @@
+import { describe, test } from "bun:test";
+import * as ops from "../src/tensor/ops/index.ts";
+import { gradCheck, randn, uniform, prod, useGpu, expectClose } from "./helpers.ts";
+import { UNARY_REF, broadcast2 } from "./ref/elementwise.ts";
+import { gpu } from "../src/gpu/device.ts";
+import { Tensor } from "../src/tensor/index.ts";
+
+useGpu();
+
+describe("unary ops", () => {
+  const positive = new Set(["log", "sqrt"]);
+  for (const name of Object.keys(UNARY_REF)) {
+    test(`${name} forward and backward`, async () => {
+      const shape = [3, 7, 5];
+      const n = prod(shape);
+      const data = positive.has(name) ? uniform(n, 1, 0.5, 3) : randn(n, 1, 1.5);
+      if (name === "abs" || name === "relu") for (let i = 0; i < n; i++) if (Math.abs(data[i]) < 0.01) data[i] = 0.5;
+      const f = UNARY_REF[name];
+      await gradCheck({
+        label: name,
+        inputs: [{ data, shape }],
+        gpuFn: ([x]) => (ops as unknown as Record<string, (t: Tensor) => Tensor>)[name](x),
+        refFn: ([x]) => x.map(f),
+        fwd: { atol: 2e-6, rtol: 2e-6 },
+        bwd: { atol: 5e-4, rtol: 1e-3 },
+      });
+    });
+  }
+  test("affine", async () => {
+    const shape = [1, 17];
+    await gradCheck({
+      label: "affine",
+      inputs: [{ data: randn(17, 2), shape }],
+      gpuFn: ([x]) => ops.affine(x, -2.5, 0.75),
+      refFn: ([x]) => x.map((v) => v * -2.5 + 0.75),
+    });
+  });
+});
+
+describe("binary ops with broadcasting", () => {
+  const cases: [number[], number[]][] = [
+    [[4, 5], [4, 5]],
+    [[2, 3, 4, 5], [1, 3, 1, 1]],
+    [[2, 3, 4], [4]],
+    [[1], [3, 1, 2]],
+    [[6, 1], [1, 7]],
+    [[1, 1, 1], [1, 1, 1]],
+  ];
+  const fns: Record<string, (x: number, y: number) => number> = {
+    add: (x, y) => x + y,
+    sub: (x, y) => x - y,
+    mul: (x, y) => x * y,
+    div: (x, y) => x / y,
+  };
+  for (const [name, f] of Object.entries(fns)) {
+    for (const [as, bs] of cases) {
+      test(`${name} ${JSON.stringify(as)} ${JSON.stringify(bs)}`, async () => {
+        const a = randn(prod(as), 3);
+        const b = name === "div" ? uniform(prod(bs), 4, 0.5, 2) : randn(prod(bs), 4);
+        await gradCheck({
+          label: name,
+          inputs: [{ data: a, shape: as }, { data: b, shape: bs }],
+          gpuFn: ([x, y]) => (ops as unknown as Record<string, (a: Tensor, b: Tensor) => Tensor>)[name](x, y),
+          refFn: ([x, y]) => broadcast2(x, as, y, bs, f).data,
+        });
+      });
+    }
+  }
+});
+
+describe("reductions", () => {
+  test("sum and mean over axes", async () => {
+    const shape = [2, 3, 4, 5];
+    const data = randn(prod(shape), 5);
+    for (const [axes, keep] of [[[1], false], [[0, 2], true], [[3], false], [undefined, false]] as [number[] | undefined, boolean][]) {
+      for (const isMean of [false, true]) {
+        await gradCheck({
+          label: `${isMean ? "mean" : "sum"} ${JSON.stringify(axes)}`,
+          inputs: [{ data, shape }],
+          gpuFn: ([x]) => (isMean ? ops.mean : ops.sum)(x, axes, keep),
+          refFn: ([x]) => {
+            const ax = new Set(axes ?? [0, 1, 2, 3]);
+            const outShape = shape.map((d, i) => (ax.has(i) ? 1 : d));
+            const out = new Float64Array(prod(outShape));
+            const cnt = prod(shape) / out.length;
+            for (let i = 0; i < x.length; i++) {
+              let rem = i, o = 0, mul = 1;
+              const coords = [];
+              for (let d = 3; d >= 0; d--) { coords[d] = rem % shape[d]; rem = Math.floor(rem / shape[d]); }
+              for (let d = 3; d >= 0; d--) { o += (ax.has(d) ? 0 : coords[d]) * mul; mul *= outShape[d]; }
+              out[o] += x[i] / (isMean ? cnt : 1);
+            }
+            return out;
+          },
+        });
+      }
+    }
+  });
+});
+
+describe("fills and big tensors", () => {
+  test("full / zeros / ones", async () => {
+    expectClose(await ops.full([3, 3], 2.5).read(), new Array(9).fill(2.5), { atol: 0 }, "full");
+    expectClose(await ops.zeros([5]).read(), new Array(5).fill(0), { atol: 0 }, "zeros");
+  });
+  test("same-shape ops on a tensor larger than the storage binding limit run in windows", async () => {
+    const g = gpu();
+    const n = Math.floor(g.maxBinding / 4) + 1000; // just over the binding limit
+    const a = ops.full([n], 1.5);
+    const b = ops.scale(a, 2);
+    const c = ops.add(a, b);
+    const tail = await c.read();
+    expect(tail.length).toBe(n);
+    expect(tail[0]).toBe(4.5);
+    expect(tail[n - 1]).toBe(4.5);
+    expect(tail[Math.floor(n / 2)]).toBe(4.5);
+    a.dispose(); b.dispose(); c.dispose();
+  });
+});
+
+import { expect } from "bun:test";
