@@ -5,5 +5,14 @@ import { add, onesLike } from "./elementwise.ts";
 export * from "./elementwise.ts";
 export * from "./reduce.ts";
 export * from "./views.ts";
+export * from "./matmul.ts";
+export * from "./conv.ts";
+export * from "./norm.ts";
+export * from "./attention.ts";
+export * from "./layout.ts";
+export * from "./embedding.ts";
+export * from "./random.ts";
+export * from "./optim.ts";
+export * from "./cast.ts";
 
 registerAutogradPrimitives(add, onesLike);

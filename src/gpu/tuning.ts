@@ -1,0 +1,18 @@
+// Per-adapter kernel tuning: which tile shapes each op family uses. Software rasterisers (lavapipe)
+// prefer register blocking without workgroup memory; real GPUs prefer workgroup-memory tiles.
+import type { Gpu } from "./device.ts";
+
+export type AdapterClass = "cpu" | "gpu";
+
+export function adapterClass(g: Gpu): AdapterClass {
+  const d = `${g.info.vendor} ${g.info.architecture} ${g.info.description}`.toLowerCase();
+  if (g.info.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader|software/.test(d)) return "cpu";
+  return "gpu";
+}
+
+/** Tuning choices, filled in by each op family and reported by `rl4pix doctor`. */
+export const tuningChoices: Record<string, string> = {};
+
+export function recordTuning(family: string, choice: string): void {
+  tuningChoices[family] = choice;
+}

@@ -1,0 +1,2 @@
+// Filled in by the layout op family.
+export {};
