@@ -71,7 +71,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #if BROADCAST
   var rem = i;
   var ia = 0u;
-  for (var d = i32(p.rank) - 1; d >= 0; d--) {
+  for (var d = {{RANK}} - 1; d >= 0; d--) {
     let dim = dim_at(p.dims, u32(d));
     ia += (rem % dim) * dim_at(p.stride_a, u32(d));
     rem = rem / dim;
@@ -86,7 +86,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   var rem = i;
   var ia = 0u;
   var ib = 0u;
-  for (var d = i32(p.rank) - 1; d >= 0; d--) {
+  for (var d = {{RANK}} - 1; d >= 0; d--) {
     let dim = dim_at(p.dims, u32(d));
     let c = rem % dim;
     rem = rem / dim;

@@ -1,7 +1,7 @@
 // Tensor: a shape, a dtype and a reference-counted GPU storage. Always contiguous, row-major.
 // Views (reshape, detach, the handles autograd saves) share storage; the buffer returns to the pool
 // when the last handle is disposed.
-import { gpu, type GpuBinding } from "../gpu/device.ts";
+import { gpu, hasGpu, type GpuBinding } from "../gpu/device.ts";
 import { keep, track } from "./scope.ts";
 import { f16ArrayToF32, f32ArrayToF16 } from "./f16.ts";
 import type { Node } from "./autograd.ts";
@@ -13,7 +13,8 @@ export class Storage {
   refs = 1;
   constructor(readonly buffer: GPUBuffer, readonly bytes: number) {}
   release(): void {
-    if (--this.refs === 0) gpu().pool.release(this.buffer);
+    // After the device is gone (process exit paths) there is no pool to return the buffer to.
+    if (--this.refs === 0 && hasGpu()) gpu().pool.release(this.buffer);
     if (this.refs < 0) throw new Error(`storage ${this.buffer.label} released twice`);
   }
 }

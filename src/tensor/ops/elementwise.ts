@@ -4,7 +4,7 @@ import src from "../../../wgsl/elementwise.wgsl" with { type: "text" };
 import { gpu, type Uniforms } from "../../gpu/device.ts";
 import { record } from "../autograd.ts";
 import { Tensor, numel, shapeStr } from "../tensor.ts";
-import { broadcastShapes, broadcastStrides, pad8, sameShape } from "./shape.ts";
+import { broadcastShapes, broadcastStrides, collapseDims, pad8, sameShape } from "./shape.ts";
 import { sumTo } from "./reduce.ts";
 
 const WG = 256;
@@ -121,8 +121,9 @@ export function binaryMap(name: string, expr: string, a: Tensor, b: Tensor, s0 =
   const shape = broadcastShapes(a.shape, b.shape, name);
   const out = Tensor.empty(shape, "f32", name);
   const g = gpu();
-  const k = g.kernel(`bcast_${name}`, src, { BROADCAST: true, EXPR: expr });
-  const p = params(out.size, s0, s1, shape.length, shape, broadcastStrides(a.shape, shape), broadcastStrides(b.shape, shape));
+  const c = collapseDims(shape, [broadcastStrides(a.shape, shape), broadcastStrides(b.shape, shape)]);
+  const k = g.kernel(`bcast_${name}`, src, { BROADCAST: true, EXPR: expr, RANK: c.dims.length });
+  const p = params(out.size, s0, s1, c.dims.length, c.dims, c.strides[0], c.strides[1]);
   g.dispatch(k, [a.binding(), b.binding(), out.binding()], p, g.grid(Math.ceil(out.size / WG)));
   return out;
 }
@@ -204,8 +205,9 @@ export function expand(t: Tensor, shape: readonly number[], mult = 1): Tensor {
   if (!sameShape(full, shape)) throw new Error(`expand: ${shapeStr(t.shape)} does not broadcast to ${shapeStr(shape)}`);
   const out = Tensor.empty(shape, "f32", "expand");
   const g = gpu();
-  const k = g.kernel("expand", src, { UNARY: true, BROADCAST: true, EXPR: "a * p.s0" });
-  const p = params(out.size, mult, 0, shape.length, [...shape], broadcastStrides(t.shape, shape));
+  const c = collapseDims(shape, [broadcastStrides(t.shape, shape)]);
+  const k = g.kernel("expand", src, { UNARY: true, BROADCAST: true, EXPR: "a * p.s0", RANK: c.dims.length });
+  const p = params(out.size, mult, 0, c.dims.length, c.dims, c.strides[0]);
   g.dispatch(k, [t.binding(), out.binding()], p, g.grid(Math.ceil(out.size / WG)));
   return out;
 }

@@ -70,3 +70,26 @@ export function resolveShape(shape: readonly number[], size: number, op = "resha
   }
   return out;
 }
+
+/**
+ * Merge adjacent dims that are contiguous in the output and in every input's (broadcast) strides, so
+ * broadcast kernels walk as few dims as possible. `strides[i]` are input i's strides over `dims`.
+ */
+export function collapseDims(dims: readonly number[], strides: readonly (readonly number[])[]): { dims: number[]; strides: number[][] } {
+  const outDims: number[] = [];
+  const outStrides: number[][] = strides.map(() => []);
+  for (let d = 0; d < dims.length; d++) {
+    if (dims[d] === 1) continue; // size-1 dims contribute nothing
+    const last = outDims.length - 1;
+    const mergeable = last >= 0 && strides.every((s, i) => outStrides[i][last] === s[d] * dims[d]);
+    if (mergeable) {
+      outDims[last] *= dims[d];
+      strides.forEach((s, i) => (outStrides[i][last] = s[d]));
+    } else {
+      outDims.push(dims[d]);
+      strides.forEach((s, i) => outStrides[i].push(s[d]));
+    }
+  }
+  if (outDims.length === 0) return { dims: [1], strides: strides.map(() => [0]) };
+  return { dims: outDims, strides: outStrides };
+}

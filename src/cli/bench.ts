@@ -1,0 +1,83 @@
+// `rl4pix bench [what…] [--json]`: kernel and model throughput, with an in-run CPU reference so the
+// figures can be read as ratios on a shared, noisy machine.
+import type { Command } from "commander";
+import { gpu, initGpu } from "../gpu/device.ts";
+import { adapterClass, tuningChoices } from "../gpu/tuning.ts";
+import { UserError } from "../errors.ts";
+import type { BenchRow } from "../bench/types.ts";
+import { cpuReference } from "../bench/reference.ts";
+import { benchElementwise } from "../bench/elementwise.ts";
+import { action } from "./run.ts";
+
+type Suite = () => Promise<BenchRow[]>;
+
+/** Kernel suites by name; model-level suites (unet, train-step) register themselves here too. */
+export const SUITES: Record<string, Suite> = {
+  elementwise: benchElementwise,
+};
+
+export const ALL_KERNEL_SUITES = ["matmul", "conv", "attention", "groupnorm", "elementwise"];
+
+function fmt(rows: BenchRow[]): string {
+  const lines = [["kernel", "shape", "ms", "GFLOP/s", "GB/s", "compile ms", "note"]];
+  for (const r of rows) {
+    lines.push([
+      r.name,
+      r.shape,
+      r.ms.toFixed(2),
+      r.gflops !== undefined ? r.gflops.toFixed(2) : "",
+      r.gbps !== undefined ? r.gbps.toFixed(2) : "",
+      r.compileMs !== undefined ? r.compileMs.toFixed(0) : "",
+      r.note ?? "",
+    ]);
+  }
+  const w = lines[0].map((_, i) => Math.max(...lines.map((l) => l[i].length)));
+  return lines.map((l) => l.map((c, i) => c.padEnd(w[i])).join("  ").trimEnd()).join("\n");
+}
+
+export async function runBench(what: string[], json: boolean, opts: Record<string, unknown> = {}): Promise<void> {
+  const names = what.length === 0 || what.includes("all") ? ALL_KERNEL_SUITES.filter((s) => s in SUITES) : what;
+  for (const n of names) if (!(n in SUITES)) throw new UserError(`bench: unknown suite '${n}' (known: ${Object.keys(SUITES).join(", ")}, all)`);
+  const g = await initGpu();
+  const ref = cpuReference();
+  const rows: BenchRow[] = [];
+  for (const n of names) {
+    const r = await SUITES[n]();
+    rows.push(...r);
+    if (!json) console.error(`bench: ${n} done`);
+  }
+  for (const r of rows) {
+    if (r.gflops !== undefined) r.note = [r.note, `${(100 * r.gflops / ref.matmulGflops).toFixed(1)}% of CPU ref matmul`].filter(Boolean).join("; ");
+    if (r.gbps !== undefined) r.note = [r.note, `${(100 * r.gbps / ref.addGbps).toFixed(1)}% of CPU ref add`].filter(Boolean).join("; ");
+  }
+  const out = {
+    adapter: g.info.description,
+    adapterClass: adapterClass(g),
+    reference: ref,
+    tuning: { ...tuningChoices },
+    options: opts,
+    rows,
+  };
+  if (json) console.log(JSON.stringify(out, null, 2));
+  else {
+    console.log(`adapter: ${out.adapter} (${out.adapterClass})`);
+    console.log(`CPU reference (${ref.source}): matmul 1024^3 ${ref.matmulGflops.toFixed(1)} GFLOP/s, add ${ref.addGbps.toFixed(1)} GB/s`);
+    console.log(fmt(rows));
+  }
+  void gpu;
+}
+
+export function register(program: Command): void {
+  program
+    .command("bench")
+    .description("kernel and model benchmarks: matmul, conv, attention, groupnorm, elementwise, unet, train-step, all")
+    .argument("[what...]", "suites to run (default: all kernel suites)")
+    .option("--json", "print JSON")
+    .option("--config <name>", "model shapes for unet/train-step: sd15 or tiny", "sd15")
+    .option("--resolution <px>", "image resolution for unet/train-step", "256")
+    .option("--batch <n>", "batch for unet", "1")
+    .option("--f16", "f16 weights (where shader-f16 exists)")
+    .action(action(async (what: string[], opts: { json?: boolean }) => {
+      await runBench(what, Boolean(opts.json), opts);
+    }));
+}

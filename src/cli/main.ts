@@ -1,0 +1,26 @@
+// The command line: one `register` per command module.
+import { Command } from "commander";
+import { register as doctor } from "./doctor.ts";
+import { register as bench } from "./bench.ts";
+
+export const VERSION = "0.1.0";
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name("rl4pix")
+    .description("Instruction-based image editing (InstructPix2Pix) fine-tuned with RL (DDPO + LoRA), on WebGPU")
+    .version(VERSION)
+    .showHelpAfterError()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) })
+    .exitOverride((err) => {
+      // commander's own usage errors (unknown option, missing argument) are user mistakes: exit 2
+      process.exit(err.exitCode === 0 ? 0 : 2);
+    });
+  for (const reg of [doctor, bench]) reg(program);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  await buildProgram().parseAsync(argv, { from: "user" });
+}
