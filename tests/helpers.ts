@@ -1,11 +1,13 @@
 // Shared test machinery: GPU set-up per file, seeded random data, closeness checks, and gradient
 // checks of GPU backward passes against central finite differences of float64 CPU references.
-import { afterAll, beforeAll, expect } from "bun:test";
+import { afterAll, beforeAll, expect, setDefaultTimeout } from "bun:test";
 import { destroyGpu, gpu, initGpu } from "../src/gpu/device.ts";
 import { Tensor, backward, clearTape, type DType } from "../src/tensor/index.ts";
 
 /** Acquire the GPU before the file's tests and destroy it afterwards. */
 export function useGpu(): void {
+  // lavapipe runs WebGPU on the CPU: some kernel tests take seconds on 2 cores.
+  setDefaultTimeout(120_000);
   beforeAll(async () => {
     await initGpu();
   });
