@@ -1,2 +1,243 @@
-// Filled in by the layout op family.
-export {};
+// Layout ops (forward and backward side by side): permute, transpose, slice, concat, split, chunk.
+// All of them are one strided-copy kernel; contiguous runs go through copyBufferToBuffer instead.
+// f32 and i32 data are copied as bits (i32 has no gradient); f16 needs the `shader-f16` feature.
+import src from "../../../wgsl/layout.wgsl" with { type: "text" };
+import { gpu } from "../../gpu/device.ts";
+import { record } from "../autograd.ts";
+import { DTYPE_BYTES, Tensor, numel, shapeStr } from "../tensor.ts";
+import { zeros } from "./elementwise.ts";
+import { MAX_RANK, axisOf, pad8, stridesOf } from "./shape.ts";
+import { reshape as reshapeRecorded } from "./views.ts";
+
+const WG = 256;
+
+/** Which elements to copy where: coordinates over `dims`, element offsets by strides plus a base. */
+interface CopyPlan {
+  dims: number[];
+  srcStrides: number[];
+  srcBase: number;
+  dstStrides: number[];
+  dstBase: number;
+}
+
+/** Drop size-1 dims and merge neighbours that are contiguous in both source and destination. */
+function collapse(plan: CopyPlan): CopyPlan {
+  const dims: number[] = [];
+  const ss: number[] = [];
+  const ds: number[] = [];
+  for (let d = 0; d < plan.dims.length; d++) {
+    if (plan.dims[d] === 1) continue;
+    const last = dims.length - 1;
+    if (last >= 0 && ss[last] === plan.srcStrides[d] * plan.dims[d] && ds[last] === plan.dstStrides[d] * plan.dims[d]) {
+      dims[last] *= plan.dims[d];
+      ss[last] = plan.srcStrides[d];
+      ds[last] = plan.dstStrides[d];
+    } else {
+      dims.push(plan.dims[d]);
+      ss.push(plan.srcStrides[d]);
+      ds.push(plan.dstStrides[d]);
+    }
+  }
+  if (dims.length === 0) return { dims: [1], srcStrides: [1], dstStrides: [1], srcBase: plan.srcBase, dstBase: plan.dstBase };
+  return { dims, srcStrides: ss, dstStrides: ds, srcBase: plan.srcBase, dstBase: plan.dstBase };
+}
+
+/** Record the copy described by `plan` from `from` into `to` (same dtype). */
+function stridedCopy(op: string, from: Tensor, to: Tensor, plan: CopyPlan): void {
+  const n = numel(plan.dims);
+  if (n === 0) return;
+  const g = gpu();
+  const p = collapse(plan);
+  const bytes = DTYPE_BYTES[from.dtype];
+  if (p.dims.length === 1 && p.srcStrides[0] === 1 && p.dstStrides[0] === 1) {
+    const so = p.srcBase * bytes;
+    const dOff = p.dstBase * bytes;
+    const len = n * bytes;
+    if (so % 4 === 0 && dOff % 4 === 0 && len % 4 === 0) {
+      g.copy(from.buffer, so, to.buffer, dOff, len);
+      return;
+    }
+  }
+  if (p.dims.length > MAX_RANK) throw new Error(`${op}: rank ${p.dims.length} exceeds ${MAX_RANK}`);
+  for (const t of [from, to]) {
+    if (t.byteLength > g.maxBinding) {
+      throw new Error(`${op}: ${shapeStr(t.shape)} ${t.dtype} is over the ${g.maxBinding}-byte storage binding limit for a strided copy`);
+    }
+  }
+  let k;
+  if (from.dtype === "f16") {
+    if (!g.hasF16) throw new Error(`${op}: f16 tensors need the shader-f16 feature`);
+    k = g.kernel("strided_copy_f16", src, { F16: true, T: "f16" });
+  } else {
+    k = g.kernel("strided_copy", src, { T: "u32" });
+  }
+  const uniforms: [string, ...number[]] = [
+    "uuuu" + "u".repeat(24),
+    n,
+    p.dims.length,
+    p.srcBase,
+    p.dstBase,
+    ...pad8(p.dims),
+    ...pad8(p.srcStrides, 0),
+    ...pad8(p.dstStrides, 0),
+  ];
+  g.dispatch(k, [from.binding(), to.binding()], uniforms, g.grid(Math.ceil(n / WG)));
+}
+
+// ---------------------------------------------------------------------------------------- permute
+
+function checkPermutation(op: string, shape: readonly number[], dims: readonly number[]): number[] {
+  const perm = dims.map((d) => axisOf(d, shape.length, op));
+  const seen = new Set(perm);
+  if (perm.length !== shape.length || seen.size !== perm.length) {
+    throw new Error(`${op}: dims [${dims.join(",")}] are not a permutation of the axes of ${shapeStr(shape)}`);
+  }
+  return perm;
+}
+
+function permuteRaw(x: Tensor, perm: readonly number[]): Tensor {
+  const outShape = perm.map((d) => x.shape[d]);
+  const out = Tensor.empty(outShape, x.dtype, "permute");
+  const xs = stridesOf(x.shape);
+  stridedCopy("permute", x, out, {
+    dims: outShape,
+    srcStrides: perm.map((d) => xs[d]),
+    srcBase: 0,
+    dstStrides: stridesOf(outShape),
+    dstBase: 0,
+  });
+  return out;
+}
+
+/** out.shape[i] = x.shape[dims[i]] (torch.permute), materialised. */
+export function permute(x: Tensor, dims: readonly number[]): Tensor {
+  const perm = checkPermutation("permute", x.shape, dims);
+  const out = permuteRaw(x, perm);
+  const inverse = new Array<number>(perm.length);
+  perm.forEach((d, i) => (inverse[d] = i));
+  return record(out, "permute", [x], [], (g) => [permuteRaw(g, inverse)]);
+}
+
+/** Swap axes `a` and `b`. */
+export function transpose(x: Tensor, a: number, b: number): Tensor {
+  const perm = x.shape.map((_, i) => i);
+  const ia = axisOf(a, x.rank, "transpose");
+  const ib = axisOf(b, x.rank, "transpose");
+  [perm[ia], perm[ib]] = [perm[ib], perm[ia]];
+  return permute(x, perm);
+}
+
+// ---------------------------------------------------------------------------------------- slice
+
+/** Python-style bounds: negative values count from the end, then clamped to [0, size]. */
+function sliceBounds(size: number, start: number, end: number): [number, number] {
+  const norm = (v: number) => Math.min(size, Math.max(0, v < 0 ? v + size : v));
+  const s = norm(start);
+  return [s, Math.max(s, norm(end))];
+}
+
+function sliceRaw(x: Tensor, axis: number, start: number, end: number): Tensor {
+  const outShape = x.shape.map((d, i) => (i === axis ? end - start : d));
+  const out = Tensor.empty(outShape, x.dtype, "slice");
+  const xs = stridesOf(x.shape);
+  stridedCopy("slice", x, out, {
+    dims: outShape,
+    srcStrides: xs,
+    srcBase: start * xs[axis],
+    dstStrides: stridesOf(outShape),
+    dstBase: 0,
+  });
+  return out;
+}
+
+/** Elements start..end-1 of `axis` (torch `x.narrow` / python slicing; negative bounds allowed). */
+export function slice(x: Tensor, axis: number, start: number, end: number = x.shape[axisOf(axis, x.rank, "slice")]): Tensor {
+  const ax = axisOf(axis, x.rank, "slice");
+  const [s, e] = sliceBounds(x.shape[ax], start, end);
+  const out = sliceRaw(x, ax, s, e);
+  const inShape = x.shape;
+  return record(out, "slice", [x], [], (g) => {
+    // The gradient of a slice: the incoming gradient scattered into zeros of the input's shape.
+    const gx = zeros(inShape, "slice_grad");
+    const xs = stridesOf(inShape);
+    stridedCopy("slice_grad", g, gx, { dims: [...g.shape], srcStrides: stridesOf(g.shape), srcBase: 0, dstStrides: xs, dstBase: s * xs[ax] });
+    return [gx];
+  });
+}
+
+/** torch.split: pieces of `size` along `axis` (the last may be smaller), or pieces of the given sizes. */
+export function split(x: Tensor, sizes: number | readonly number[], axis = 0): Tensor[] {
+  const ax = axisOf(axis, x.rank, "split");
+  const total = x.shape[ax];
+  let list: number[];
+  if (typeof sizes === "number") {
+    if (!(sizes > 0)) throw new Error(`split: piece size ${sizes} must be positive`);
+    list = [];
+    for (let s = 0; s < total || (total === 0 && list.length === 0); s += sizes) list.push(Math.min(sizes, total - s));
+  } else {
+    list = [...sizes];
+    if (list.reduce((a, b) => a + b, 0) !== total) {
+      throw new Error(`split: sizes [${list.join(",")}] do not add up to ${total} (axis ${axis} of ${shapeStr(x.shape)})`);
+    }
+  }
+  const out: Tensor[] = [];
+  let at = 0;
+  for (const n of list) {
+    out.push(slice(x, ax, at, at + n));
+    at += n;
+  }
+  return out;
+}
+
+/** torch.chunk: `chunks` pieces of ceil(size / chunks) along `axis` (fewer when the size runs out). */
+export function chunk(x: Tensor, chunks: number, axis = 0): Tensor[] {
+  const ax = axisOf(axis, x.rank, "chunk");
+  if (!(chunks >= 1)) throw new Error(`chunk: ${chunks} chunks`);
+  const size = Math.max(1, Math.ceil(x.shape[ax] / chunks));
+  return split(x, size, ax);
+}
+
+// ---------------------------------------------------------------------------------------- concat
+
+/** Join tensors of equal shape except along `axis` (torch.cat). */
+export function concat(xs: readonly Tensor[], axis = 0): Tensor {
+  if (xs.length === 0) throw new Error("concat: no tensors");
+  const first = xs[0];
+  const ax = axisOf(axis, first.rank, "concat");
+  for (const t of xs) {
+    const ok = t.rank === first.rank && t.dtype === first.dtype && t.shape.every((d, i) => i === ax || d === first.shape[i]);
+    if (!ok) throw new Error(`concat: ${shapeStr(t.shape)} ${t.dtype} does not match ${shapeStr(first.shape)} ${first.dtype} along axis ${axis}`);
+  }
+  const sizes = xs.map((t) => t.shape[ax]);
+  const outShape = first.shape.map((d, i) => (i === ax ? sizes.reduce((a, b) => a + b, 0) : d));
+  const out = Tensor.empty(outShape, first.dtype, "concat");
+  const os = stridesOf(outShape);
+  let at = 0;
+  for (const t of xs) {
+    stridedCopy("concat", t, out, { dims: [...t.shape], srcStrides: stridesOf(t.shape), srcBase: 0, dstStrides: os, dstBase: at * os[ax] });
+    at += t.shape[ax];
+  }
+  return record(out, "concat", [...xs], [], (g, _saved, needs) => {
+    const grads: (Tensor | null)[] = [];
+    let off = 0;
+    for (let k = 0; k < sizes.length; k++) {
+      grads.push(needs[k] ? sliceRaw(g, ax, off, off + sizes[k]) : null);
+      off += sizes[k];
+    }
+    return grads;
+  });
+}
+
+/** concat of tensors given a new leading axis (torch.stack). */
+export function stack(xs: readonly Tensor[], axis = 0): Tensor {
+  if (xs.length === 0) throw new Error("stack: no tensors");
+  const ax = axis < 0 ? axis + xs[0].rank + 1 : axis;
+  // Each [...] becomes [..., 1, ...] (a view), then they are concatenated along the new axis.
+  const views = xs.map((t) => {
+    const shape = [...t.shape.slice(0, ax), 1, ...t.shape.slice(ax)];
+    return reshapeRecorded(t, shape);
+  });
+  const out = concat(views, ax);
+  for (const v of views) v.dispose();
+  return out;
+}
