@@ -18,3 +18,8 @@ export class Interrupted extends Error {
     this.name = "Interrupted";
   }
 }
+
+/** True for errors the CLI should report as a user mistake. */
+export function isUserError(e: unknown): e is UserError {
+  return e instanceof UserError;
+}
