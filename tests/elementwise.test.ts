@@ -119,3 +119,21 @@ describe("fills and big tensors", () => {
 });
 
 import { expect } from "bun:test";
+
+describe("geglu", () => {
+  test("forward and backward", async () => {
+    const shape = [2, 3, 10];
+    const { UNARY_REF } = await import("./ref/elementwise.ts");
+    await gradCheck({
+      label: "geglu",
+      inputs: [{ data: randn(prod(shape), 8, 1.2), shape }],
+      gpuFn: ([x]) => ops.geglu(x),
+      refFn: ([x]) => {
+        const out = new Float64Array(x.length / 2);
+        for (let r = 0; r < 6; r++) for (let c = 0; c < 5; c++) out[r * 5 + c] = x[r * 10 + c] * UNARY_REF.gelu(x[r * 10 + 5 + c]);
+        return out;
+      },
+      fwd: { atol: 2e-6, rtol: 2e-6 },
+    });
+  });
+});

@@ -19,6 +19,19 @@ struct Params {
 @group(0) @binding(0) var<storage, read_write> out: array<f32>;
 @group(0) @binding(1) var<uniform> p: Params;
 #else
+#if GEGLU
+// GEGLU over rows of 2I values: out[r, i] = x[r, i] * gelu(x[r, I + i]); p.rank holds I.
+@group(0) @binding(0) var<storage, read> in_a: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<uniform> p: Params;
+#else
+#if GEGLU_BWD
+// in_a = x [R, 2I], in_b = grad of out [R, I]; out = grad of x [R, 2I]. p.n counts out-grad elements.
+@group(0) @binding(0) var<storage, read> in_a: array<f32>;
+@group(0) @binding(1) var<storage, read> in_b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<uniform> p: Params;
+#else
 @group(0) @binding(0) var<storage, read> in_a: array<f32>;
 #if UNARY
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
@@ -27,6 +40,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> in_b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
+#endif
+#endif
 #endif
 #endif
 
@@ -67,6 +82,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #if KIND_FILL
   out[i] = p.s0;
 #else
+#if GEGLU
+  let half = p.rank;
+  let r = i / half;
+  let c = i % half;
+  out[i] = in_a[r * 2u * half + c] * gelu(in_a[r * 2u * half + half + c]);
+#else
+#if GEGLU_BWD
+  let half = p.rank;
+  let r = i / half;
+  let c = i % half;
+  let h = in_a[r * 2u * half + c];
+  let gate = in_a[r * 2u * half + half + c];
+  let g = in_b[i];
+  out[r * 2u * half + c] = g * gelu(gate);
+  out[r * 2u * half + half + c] = g * h * gelu_grad(gate);
+#else
 #if UNARY
 #if BROADCAST
   var rem = i;
@@ -100,6 +131,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let b = in_b[i];
 #endif
   out[i] = {{EXPR}};
+#endif
+#endif
 #endif
 #endif
 }

@@ -211,3 +211,23 @@ export function expand(t: Tensor, shape: readonly number[], mult = 1): Tensor {
   g.dispatch(k, [t.binding(), out.binding()], p, g.grid(Math.ceil(out.size / WG)));
   return out;
 }
+
+// ---------------------------------------------------------------------------------------- GEGLU
+
+/** GEGLU (diffusers' feed-forward gate): x [..., 2I] -> x[..., :I] * gelu(x[..., I:]) [..., I]. */
+export function geglu(x: Tensor): Tensor {
+  checkF32("geglu", x);
+  const two = x.shape[x.rank - 1];
+  if (two % 2 !== 0) throw new Error(`geglu: last dim ${two} of ${shapeStr(x.shape)} is odd`);
+  const half = two / 2;
+  const out = Tensor.empty([...x.shape.slice(0, -1), half], "f32", "geglu");
+  const g = gpu();
+  const k = g.kernel("geglu", src, { GEGLU: true });
+  g.dispatch(k, [x.binding(), out.binding()], params(out.size, 0, 0, half), g.grid(Math.ceil(out.size / WG)));
+  return record(out, "geglu", [x], [x], (gradOut, [sx]) => {
+    const dx = Tensor.empty(sx.shape, "f32", "geglu-grad"); // [..., 2I]
+    const kb = g.kernel("geglu_bwd", src, { GEGLU_BWD: true });
+    g.dispatch(kb, [sx.binding(), gradOut.binding(), dx.binding()], params(gradOut.size, 0, 0, half), g.grid(Math.ceil(gradOut.size / WG)));
+    return [dx];
+  });
+}
