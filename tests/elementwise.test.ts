@@ -26,6 +26,16 @@ describe("unary ops", () => {
       });
     });
   }
+  test("clamp", async () => {
+    const data = randn(40, 9, 2);
+    for (let i = 0; i < data.length; i++) if (Math.abs(Math.abs(data[i]) - 1) < 0.01) data[i] = 0;
+    await gradCheck({
+      label: "clamp",
+      inputs: [{ data, shape: [5, 8] }],
+      gpuFn: ([x]) => ops.clamp(x, -1, 1),
+      refFn: ([x]) => x.map((v) => Math.min(Math.max(v, -1), 1)),
+    });
+  });
   test("affine", async () => {
     const shape = [1, 17];
     await gradCheck({

@@ -74,6 +74,8 @@ const UNARY: Record<string, UnaryDef> = {
   },
   // scale and shift by uniforms: a * s0 + s1
   affine: { expr: "a * p.s0 + p.s1", grad: "b * p.s0" },
+  // clamp to [s0, s1]; the gradient passes where the input is inside
+  clamp: { expr: "clamp(a, p.s0, p.s1)", grad: "select(0.0, b, a >= p.s0 && a <= p.s1)" },
 };
 
 function unary(name: keyof typeof UNARY, a: Tensor, s0 = 0, s1 = 0): Tensor {
@@ -102,6 +104,8 @@ export const quickGelu = (a: Tensor) => unary("quickGelu", a);
 export const affine = (a: Tensor, scale: number, shift = 0) => unary("affine", a, scale, shift);
 export const scale = (a: Tensor, s: number) => unary("affine", a, s, 0);
 export const addScalar = (a: Tensor, s: number) => unary("affine", a, 1, s);
+/** Clamp to [lo, hi] (torch.clamp; the gradient is zero outside). */
+export const clamp = (a: Tensor, lo: number, hi: number) => unary("clamp", a, lo, hi);
 
 // ---------------------------------------------------------------------------------------- binary
 
