@@ -4,7 +4,7 @@
 // tensors are released as soon as their node has run. Frozen tensors (requiresGrad false) never get a
 // gradient computed for them.
 import { Tensor, shapeStr } from "./tensor.ts";
-import { keep } from "./scope.ts";
+import { keep, scope } from "./scope.ts";
 
 /** Computes input gradients from the output gradient; `needs[i]` says whether input i wants one. */
 export type BackwardFn = (gradOut: Tensor, saved: Tensor[], needs: boolean[]) => (Tensor | null | undefined)[];
@@ -192,11 +192,13 @@ function accumulateLeaf(leaf: Tensor, g: Tensor, add: (a: Tensor, b: Tensor) => 
  */
 export function checkpoint(fn: (...xs: Tensor[]) => Tensor, inputs: Tensor[], name = "checkpoint"): Tensor {
   if (!gradEnabled) return fn(...inputs);
-  const out = noGrad(() => fn(...inputs));
+  // Own scopes for the forward and the recomputation: the block's activations are freed as soon as
+  // it returns, not when the caller's (step-long) scope closes.
+  const out = noGrad(() => scope(() => fn(...inputs)));
   return record(out, name, inputs, inputs, (g, saved, needs) => {
     tapes.push([]);
     try {
-      return withGrad(() => {
+      return withGrad(() => scope(() => {
         const xs = saved.map((s, i) => s.detach().requireGrad(needs[i]));
         const y = fn(...xs);
         backward(y, g);
@@ -207,7 +209,7 @@ export function checkpoint(fn: (...xs: Tensor[]) => Tensor, inputs: Tensor[], na
           x.dispose();
           return xg;
         });
-      });
+      }));
     } finally {
       tapes.pop();
     }
