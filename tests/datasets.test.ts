@@ -12,6 +12,8 @@ import {
   openMagicBrushFolder,
   openMagicBrushParquet,
   openManifest,
+  loadImage,
+  loadMask,
   type EditDataset,
   type EditSample,
 } from "../src/io/datasets/index.ts";
@@ -283,5 +285,19 @@ describe("openDataset", () => {
     const empty = join(tmp, "empty");
     mkdirSync(empty, { recursive: true });
     await rejects(openDataset(empty), /empty: not a dataset folder/);
+  });
+});
+
+describe("loadImage / loadMask", () => {
+  test("decode refs; undecodable bytes are user errors naming the ref", async () => {
+    const s = (await collect(await openMagicBrushParquet(join(parquetDir, "train-00001-of-00002.parquet"))))[0]!;
+    const img = await loadImage(s.source);
+    expect([img.width, img.height, img.channels]).toEqual([expectedParquet.width, expectedParquet.height, 3]);
+    expect(Math.round(img.data[0]! * 255)).toBe(200);
+    const m = await loadMask(s.mask);
+    expect(Array.from(m.data).reduce((a, b) => a + b, 0)).toBe(expectedParquet.rows[5]!.maskArea);
+    const junk = { name: "junk.png", bytes: async () => new Uint8Array([1, 2, 3, 4]) };
+    await rejects(loadImage(junk), /junk\.png/);
+    await rejects(loadMask(junk), /junk\.png: cannot decode the mask image/);
   });
 });

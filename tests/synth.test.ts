@@ -1,5 +1,10 @@
 // Synthetic dataset: determinism, exact masks, vocabulary closure, and the written manifest.
-import { describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { synthDataset } from "../src/data/synth_dataset.ts";
+import { loadImage, loadMask, openDataset } from "../src/io/datasets/index.ts";
 import {
   EDIT_KINDS,
   SHAPE_COLORS,
@@ -139,5 +144,55 @@ describe("synthSample", () => {
 
   test("rejects bad sizes", () => {
     expect(() => synthSample(1, 0, { size: 8 })).toThrow(/size/);
+  });
+});
+
+describe("synthDataset", () => {
+  const tmp = mkdtempSync(join(tmpdir(), "rl4pix-synth-"));
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+  test("writes PNGs and a manifest that openDataset reads back exactly", async () => {
+    const dir = join(tmp, "a");
+    const manifest = await synthDataset(dir, { n: 6, seed: 3, size: 24 });
+    expect(manifest).toBe(join(dir, "manifest.jsonl"));
+    const ds = await openDataset(dir);
+    expect(ds.kind).toBe("manifest");
+    expect(ds.size).toBe(6);
+    let i = 0;
+    for await (const s of ds) {
+      const want = synthSample(3, i, { size: 24 });
+      expect(s.id).toBe(want.id);
+      expect(s.instruction).toBe(want.instruction);
+      expect(s.caption).toBe(want.caption);
+      const src = await loadImage(s.source);
+      const tgt = await loadImage(s.target!);
+      const n = 24 * 24;
+      for (let p = 0; p < n; p++) {
+        for (let c = 0; c < 3; c++) {
+          expect(Math.round(src.data[c * n + p]! * 255)).toBe(want.source[3 * p + c]!);
+          expect(Math.round(tgt.data[c * n + p]! * 255)).toBe(want.target[3 * p + c]!);
+        }
+      }
+      const m = await loadMask(s.mask);
+      expect(Array.from(m.data)).toEqual(Array.from(want.mask));
+      i++;
+    }
+    expect(i).toBe(6);
+    // No temporary files left behind.
+    expect(readdirSync(join(dir, "images")).filter((f) => f.endsWith(".tmp"))).toEqual([]);
+    expect(readdirSync(join(dir, "images")).length).toBe(18);
+  });
+
+  test("same seed, same files", async () => {
+    await synthDataset(join(tmp, "b"), { n: 2, seed: 9, size: 16 });
+    await synthDataset(join(tmp, "c"), { n: 2, seed: 9, size: 16 });
+    for (const f of ["manifest.jsonl", "images/synth-9-00001-target.png", "images/synth-9-00000-mask.png"]) {
+      expect(readFileSync(join(tmp, "b", f))).toEqual(readFileSync(join(tmp, "c", f)));
+    }
+  });
+
+  test("bad options are user errors", async () => {
+    await expect(synthDataset(join(tmp, "d"), { n: 0, seed: 1 })).rejects.toThrow(/positive integer/);
+    await expect(synthDataset(join(tmp, "d"), { n: 1, seed: 1, size: 4 })).rejects.toThrow(/>= 16/);
   });
 });

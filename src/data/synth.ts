@@ -529,16 +529,3 @@ export function rgbToPlanar(rgb: Uint8Array, width: number, height: number): Flo
   }
   return out;
 }
-
-/** A 0/1 mask [H, W] → planar float RGB (white = edit region), the form written as mask.png. */
-export function maskToPlanar(mask: Uint8Array): Float32Array {
-  const n = mask.length;
-  const out = new Float32Array(3 * n);
-  for (let i = 0; i < n; i++) {
-    const v = mask[i] ? 1 : 0;
-    out[i] = v;
-    out[n + i] = v;
-    out[2 * n + i] = v;
-  }
-  return out;
-}

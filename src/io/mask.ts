@@ -2,6 +2,7 @@
 // exact area averaging down to an attention map's resolution.
 //
 // A mask is a row-major [height, width] Float32Array; binarised masks hold 0 or 1 (1 = edit region).
+import { UserError } from "../errors.ts";
 
 /** 8-bit interleaved RGBA pixels (what PNG decoders such as jimp produce). */
 export interface RgbaImage {
@@ -172,17 +173,22 @@ export function maskToAttentionMap(
 
 /**
  * Decode mask file bytes (PNG, JPEG, …) into RGBA with jimp. Images without alpha decode with
- * alpha 255 everywhere, so `binarizeMask` falls back to luminance for them.
+ * alpha 255 everywhere, so `binarizeMask` falls back to luminance for them. `name` labels errors.
  */
-export async function decodeRgba(bytes: Uint8Array): Promise<RgbaImage> {
+export async function decodeRgba(bytes: Uint8Array, name = "mask"): Promise<RgbaImage> {
   const { Jimp } = await import("jimp");
   const buf = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer;
-  const img = await Jimp.fromBuffer(buf);
+  let img;
+  try {
+    img = await Jimp.fromBuffer(buf);
+  } catch (e) {
+    throw new UserError(`${name}: cannot decode the mask image (${(e as Error).message})`);
+  }
   const { width, height, data } = img.bitmap;
   return { width, height, data: new Uint8Array(data.buffer, data.byteOffset, width * height * 4) };
 }
 
-/** Read a mask image from bytes and binarise it. */
-export async function decodeMask(bytes: Uint8Array): Promise<Mask> {
-  return binarizeMask(await decodeRgba(bytes));
+/** Read a mask image from bytes and binarise it (1 = edit region). */
+export async function decodeMask(bytes: Uint8Array, name = "mask"): Promise<Mask> {
+  return binarizeMask(await decodeRgba(bytes, name));
 }

@@ -13,7 +13,9 @@ import { UserError } from "../../errors.ts";
 import { isMagicBrushFolder, openMagicBrushFolder } from "./magicbrush_folder.ts";
 import { openMagicBrushParquet } from "./magicbrush_parquet.ts";
 import { openManifest } from "./manifest.ts";
-import type { EditDataset } from "./types.ts";
+import type { EditDataset, ImageRef } from "./types.ts";
+import { decodeImage, type RgbImage } from "../image.ts";
+import { decodeMask, type Mask } from "../mask.ts";
 
 export type { DatasetKind, EditDataset, EditSample, ImageRef } from "./types.ts";
 export { fileRef, openManifest, parseManifest, type ManifestEntry } from "./manifest.ts";
@@ -71,4 +73,14 @@ export async function openDataset(path: string, opts: OpenDatasetOptions = {}): 
       opts.split === undefined ? "" : `"${opts.split}-…" `
     }.parquet files`,
   );
+}
+
+/** Decode a sample's image (source, target) to RGB planes in [0, 1]. */
+export async function loadImage(ref: ImageRef): Promise<RgbImage> {
+  return decodeImage(await ref.bytes(), ref.name);
+}
+
+/** Decode and binarise a sample's mask (1 = edit region), at the mask file's own size. */
+export async function loadMask(ref: ImageRef): Promise<Mask> {
+  return decodeMask(await ref.bytes(), ref.name);
 }
