@@ -46,6 +46,16 @@ describe("permute / transpose", () => {
       bwd: FD,
     });
   });
+  test("grids wider than the per-dimension workgroup limit are split (66000 outer rows)", async () => {
+    const shape = [66000, 2, 3];
+    const data = randn(prod(shape), 40);
+    const x = toGpu(data, shape);
+    const y = ops.permute(x, [0, 2, 1]);
+    expectClose(await y.read(), permuteRef(data, shape, [0, 2, 1]), EXACT, "permute");
+    const t = ops.permute(x, [2, 1, 0]); // inner dim 66000 along x
+    expectClose(await t.read(), permuteRef(data, shape, [2, 1, 0]), EXACT, "transpose");
+    for (const v of [x, y, t]) v.dispose();
+  });
   test("a bad permutation is an error naming the op and shape", () => {
     const x = toGpu(randn(6, 3), [2, 3]);
     expect(() => ops.permute(x, [0, 0])).toThrow(/permute.*\[2,3\]/);
@@ -109,6 +119,38 @@ describe("slice / split / chunk", () => {
         const piece = (k: number) => sliceRef(x, shape, 1, 3 * k, 3 * k + 3);
         return concatRef([piece(2), piece(0), piece(1), piece(0)], [[2, 3], [2, 3], [2, 3], [2, 3]], 1);
       },
+      fwd: EXACT,
+      bwd: FD,
+    });
+  });
+});
+
+describe("kernel paths: buffer copies, vec4 runs, 32-bit elements", () => {
+  // [20, 24]: more rows than the buffer-copy path takes; runs of 8 at 4-aligned offsets move as vec4.
+  const shape = [20, 24];
+  const data = randn(480, 50);
+  const piece = (x: Float64Array, a: number, b: number) => sliceRef(x, shape, 1, a, b);
+  for (const [a, b, what] of [[4, 12, "vec4"], [2, 10, "misaligned"], [0, 24, "whole"]] as const) {
+    test(`slice [${a}, ${b}) of the last axis (${what})`, async () => {
+      await gradCheck({
+        label: "slice",
+        inputs: [{ data, shape }],
+        gpuFn: ([x]) => ops.slice(x, 1, a, b),
+        refFn: ([x]) => piece(x, a, b),
+        fwd: EXACT,
+        bwd: FD,
+      });
+    });
+  }
+  test("chunk into vec4 runs and concat them back in another order", async () => {
+    await gradCheck({
+      label: "chunk+concat vec4",
+      inputs: [{ data, shape }],
+      gpuFn: ([x]) => {
+        const [p0, p1, p2] = ops.chunk(x, 3, 1); // [20, 8] each
+        return ops.concat([p2, p0, p1], 1);
+      },
+      refFn: ([x]) => concatRef([piece(x, 16, 24), piece(x, 0, 8), piece(x, 8, 16)], [[20, 8], [20, 8], [20, 8]], 1),
       fwd: EXACT,
       bwd: FD,
     });
