@@ -166,3 +166,6 @@ export function resolveWeightFiles(componentDir: string, options: WeightOptions 
   }
   throw new UserError(`${componentDir}: no weights found (expected ${WEIGHT_BASENAMES.map((b) => `${b}${v}.safetensors`).join(" or ")})`);
 }
+
+// State-dict key helpers used together with these folders.
+export { compareStateDict, remapLegacyAttentionKey, remapLegacyAttentionKeys, strictMatch } from "./state_dict.ts";
