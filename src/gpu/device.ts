@@ -214,7 +214,7 @@ export class Gpu {
       return;
     }
     // A byte view: Bun crashes on typed arrays such as Float16Array here.
-    this.device.queue.writeBuffer(buffer, offset, new Uint8Array(data.buffer, data.byteOffset, bytes), 0, bytes);
+    this.device.queue.writeBuffer(buffer, offset, new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, bytes), 0, bytes);
   }
 
   /** Read `bytes` bytes of `buffer` from `offset` back to the host. */
