@@ -100,7 +100,7 @@ describe("defaults", () => {
   test("equal the paper's Table 4 and our additions, and nothing else", () => {
     const cfg = defaultConfig();
     const all = { ...TABLE4, ...OURS };
-    for (const [k, v] of Object.entries(all)) expect([k, configGet(cfg, k)]).toEqual([k, v]);
+    for (const [k, v] of Object.entries(all)) expect([k, configGet(cfg, k)] as unknown[]).toEqual([k, v]);
     expect(configKeys().map((k) => k.key).sort()).toEqual(Object.keys(all).sort());
     expect(cfg.sample.guidance_scale).toBe(5);
     expect(loraScale(cfg)).toBe(1);
