@@ -1,0 +1,184 @@
+// The matmul launcher (no autograd): C = act(alpha * op(A) op(B) + bias + addend) over broadcast
+// batch dims, on the kernel `matmul_tuning.ts` picks for the adapter. Used by matmul.ts for the
+// forward and backward of matmul, linear and loraLinear.
+import commonSrc from "../../../wgsl/matmul_common.wgsl" with { type: "text" };
+import registerSrc from "../../../wgsl/matmul.wgsl" with { type: "text" };
+import tiledSrc from "../../../wgsl/matmul_tiled.wgsl" with { type: "text" };
+import { gpu, type GpuBinding } from "../../gpu/device.ts";
+import { Tensor, numel, shapeStr } from "../tensor.ts";
+import { broadcastShapes, broadcastStrides } from "./shape.ts";
+import { matmulTuning, registerRowGroups } from "./matmul_tuning.ts";
+
+const REGISTER_SOURCE = commonSrc + "\n" + registerSrc;
+const TILED_SOURCE = commonSrc + "\n" + tiledSrc;
+
+export type Activation = "none" | "silu" | "gelu";
+const ACT_CODE: Record<Activation, number> = { none: 0, silu: 1, gelu: 2 };
+const FLAG_BIAS = 1;
+const FLAG_ADDEND = 2;
+/** Batch dims the kernel decomposes (after collapsing). */
+const MAX_BATCH_DIMS = 4;
+
+export interface GemmOptions {
+  /** A is stored [..., K, M] (op(A) = Aᵀ). */
+  transA?: boolean;
+  /** B is stored [..., N, K] (op(B) = Bᵀ). */
+  transB?: boolean;
+  alpha?: number;
+  /** [N], added to every row. */
+  bias?: Tensor | null;
+  /** Same shape as the output, added before the activation. */
+  addend?: Tensor | null;
+  activation?: Activation;
+  /** Op name for error messages. */
+  op?: string;
+}
+
+/** Matrix sizes of one product: op(A) is [m, k], op(B) is [k, n]. */
+export interface GemmDims {
+  m: number;
+  k: number;
+  n: number;
+  /** Broadcast batch shape of the output. */
+  batch: number[];
+}
+
+/** Sizes and output shape of op(a) op(b); throws an Error naming `op` and both shapes. */
+export function gemmDims(a: readonly number[], b: readonly number[], transA: boolean, transB: boolean, op = "matmul"): GemmDims {
+  const both = `${shapeStr(a)} and ${shapeStr(b)}${transA ? " (A transposed)" : ""}${transB ? " (B transposed)" : ""}`;
+  if (a.length < 2 || b.length < 2) throw new Error(`${op}: operands need at least 2 dims, got ${both}`);
+  const [ar, ac] = a.slice(-2);
+  const [br, bc] = b.slice(-2);
+  const m = transA ? ac : ar;
+  const ka = transA ? ar : ac;
+  const kb = transB ? bc : br;
+  const n = transB ? br : bc;
+  if (ka !== kb) throw new Error(`${op}: inner sizes differ (${ka} vs ${kb}) for ${both}`);
+  let batch: number[];
+  try {
+    batch = broadcastShapes(a.slice(0, -2), b.slice(0, -2), op);
+  } catch {
+    throw new Error(`${op}: batch dims do not broadcast for ${both}`);
+  }
+  return { m, k: ka, n, batch };
+}
+
+/** Drop size-1 batch dims and merge neighbours that both operands step through contiguously. */
+function collapseBatch(dims: number[], sa: number[], sb: number[]): { dims: number[]; sa: number[]; sb: number[] } {
+  const d: number[] = [];
+  const a: number[] = [];
+  const b: number[] = [];
+  for (let i = 0; i < dims.length; i++) {
+    if (dims[i] === 1) continue;
+    const last = d.length - 1;
+    if (last >= 0 && a[last] === sa[i] * dims[i] && b[last] === sb[i] * dims[i]) {
+      d[last] *= dims[i];
+      a[last] = sa[i];
+      b[last] = sb[i];
+    } else {
+      d.push(dims[i]);
+      a.push(sa[i]);
+      b.push(sb[i]);
+    }
+  }
+  return { dims: d, sa: a, sb: b };
+}
+
+function padFront(v: number[], fill: number): number[] {
+  return [...new Array(MAX_BATCH_DIMS - v.length).fill(fill), ...v];
+}
+
+/** C = act(alpha * op(A) op(B) + bias + addend), batched with numpy broadcasting of the batch dims. */
+export function gemm(a: Tensor, b: Tensor, opts: GemmOptions = {}): Tensor {
+  const op = opts.op ?? "matmul";
+  const transA = opts.transA ?? false;
+  const transB = opts.transB ?? false;
+  if (a.dtype !== "f32") throw new Error(`${op}: the first operand must be f32, got ${a.dtype} ${shapeStr(a.shape)}`);
+  if (b.dtype !== "f32" && b.dtype !== "f16") throw new Error(`${op}: the second operand must be f32 or f16, got ${b.dtype} ${shapeStr(b.shape)}`);
+  const { m, k, n, batch } = gemmDims(a.shape, b.shape, transA, transB, op);
+  const outShape = [...batch, m, n];
+  const bias = opts.bias ?? null;
+  const addend = opts.addend ?? null;
+  if (bias && (bias.dtype !== "f32" || bias.size !== n)) {
+    throw new Error(`${op}: bias ${shapeStr(bias.shape)} ${bias.dtype} does not match ${n} output features (f32 needed)`);
+  }
+  if (addend && (addend.dtype !== "f32" || addend.size !== numel(outShape))) {
+    throw new Error(`${op}: addend ${shapeStr(addend.shape)} ${addend.dtype} does not match the output ${shapeStr(outShape)}`);
+  }
+  const out = Tensor.empty(outShape, "f32", op);
+  const batchA = a.shape.slice(0, -2);
+  const batchB = b.shape.slice(0, -2);
+  const zCount = numel(batch);
+  if (m === 0 || n === 0 || zCount === 0) return out;
+
+  // One B for every batch and A rows contiguous across batches: fold the batch into M.
+  const fold = numel(batchB) === 1 && !transA;
+  const rows = fold ? numel(batchA) * m : m;
+  let bdims: number[] = [];
+  let bsa: number[] = [];
+  let bsb: number[] = [];
+  if (!fold) {
+    const c = collapseBatch(
+      batch,
+      broadcastStrides(batchA, batch).map((s) => s * m * k),
+      broadcastStrides(batchB, batch).map((s) => s * k * n),
+    );
+    if (c.dims.length > MAX_BATCH_DIMS) throw new Error(`${op}: more than ${MAX_BATCH_DIMS} independent batch dims in ${shapeStr(a.shape)} x ${shapeStr(b.shape)}`);
+    ({ dims: bdims, sa: bsa, sb: bsb } = c);
+  }
+  const zTotal = fold ? 1 : zCount;
+
+  const g = gpu();
+  for (const [t, what] of [[a, "A"], [b, "B"], [out, "output"], [addend, "addend"]] as [Tensor | null, string][]) {
+    if (t && t.byteLength > g.maxBinding) {
+      throw new Error(`${op}: ${what} ${shapeStr(t.shape)} is ${t.byteLength} bytes, over the ${g.maxBinding}-byte storage binding limit`);
+    }
+  }
+
+  const tuning = matmulTuning(g);
+  const bF16 = b.dtype === "f16";
+  let kernel;
+  let gx: number;
+  let gy: number;
+  if (tuning.kind === "register") {
+    const rg = registerRowGroups(tuning, rows);
+    kernel = g.kernel("matmul", REGISTER_SOURCE, {
+      SUBGROUPS: true,
+      B_F16: bF16,
+      RG2: rg >= 2,
+      RG3: rg >= 3,
+      RG4: rg >= 4,
+      ROWS: 8 * rg,
+      CG2: tuning.colGroups === 2,
+      COLS: 32 * tuning.colGroups,
+    });
+    gx = Math.ceil(n / (32 * tuning.colGroups));
+    gy = Math.ceil(rows / (8 * rg));
+  } else {
+    kernel = g.kernel("matmul_tiled", TILED_SOURCE, { B_F16: bF16 });
+    gx = Math.ceil(n / 64);
+    gy = Math.ceil(rows / 64);
+  }
+  if (gx > g.maxGroupsPerDim || gy > g.maxGroupsPerDim) {
+    throw new Error(`${op}: output ${shapeStr(outShape)} needs ${gx}x${gy} workgroups, over the ${g.maxGroupsPerDim} per dimension limit`);
+  }
+
+  const flags = (bias ? FLAG_BIAS : 0) | (addend ? FLAG_ADDEND : 0) | (ACT_CODE[opts.activation ?? "none"] << 2);
+  const dummy: GpuBinding = a.binding();
+  const bindings = [a.binding(), b.binding(), bias ? bias.binding() : dummy, addend ? addend.binding() : dummy, out.binding()];
+  const sam = transA ? 1 : k;
+  const sak = transA ? m : 1;
+  const sbk = transB ? 1 : n;
+  const sbn = transB ? k : 1;
+  for (let z0 = 0; z0 < zTotal; z0 += g.maxGroupsPerDim) {
+    const gz = Math.min(g.maxGroupsPerDim, zTotal - z0);
+    g.dispatch(kernel, bindings, [
+      "u".repeat(20) + "fuuu",
+      rows, n, k, z0,
+      sam, sak, sbk, sbn,
+      ...padFront(bdims, 1), ...padFront(bsa, 0), ...padFront(bsb, 0),
+      opts.alpha ?? 1, flags, 0, 0,
+    ], [gx, gy, gz]);
+  }
+  return out;
+}

@@ -1,0 +1,96 @@
+// Shared prologue of the matmul kernels (matmul.wgsl, matmul_tiled.wgsl are appended to it):
+// parameters, bindings, operand loads with strides, and the fused epilogue.
+//
+//   C[z, m, n] = act(alpha * sum_k A[z, m, k] * B[z, k, n] + bias[n] + addend[z, m, n])
+//
+// The bias, the addend and the activation are switched by `p.flags` at run time (one pipeline
+// serves every epilogue: pipelines are slow to compile on lavapipe); absent ones bind a dummy.
+// A and B are read through element strides, so either operand may be transposed in memory, and a
+// batch index z is split into up to four batch dims with per-operand batch strides (0 broadcasts).
+// defines:
+//   SUBGROUPS   the kernel uses subgroup operations
+//   B_F16       B holds f16 values, two per u32 word (converted to f32 on load)
+#if SUBGROUPS
+enable subgroups;
+#endif
+
+struct Params {
+  m: u32,
+  n: u32,
+  k: u32,
+  z0: u32,            // batch index of this dispatch's wid.z == 0
+  sam: u32,           // element strides of A along m and k
+  sak: u32,
+  sbk: u32,           // element strides of B along k and n
+  sbn: u32,
+  bdims: vec4<u32>,   // batch dims, innermost in .w (unused dims are 1)
+  bsa: vec4<u32>,     // A's batch strides per batch dim (0: broadcast)
+  bsb: vec4<u32>,     // B's batch strides per batch dim (0: broadcast)
+  alpha: f32,
+  flags: u32,         // FLAG_BIAS | FLAG_ADDEND | activation << 2 (0 none, 1 silu, 2 gelu)
+  _pad1: u32,
+  _pad2: u32,
+}
+
+@group(0) @binding(0) var<storage, read> A: array<f32>;
+#if B_F16
+@group(0) @binding(1) var<storage, read> B: array<u32>;
+#else
+@group(0) @binding(1) var<storage, read> B: array<f32>;
+#endif
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read> addend: array<f32>;
+@group(0) @binding(4) var<storage, read_write> C: array<f32>;
+@group(0) @binding(5) var<uniform> p: Params;
+
+fn load_b(i: u32) -> f32 {
+#if B_F16
+  let pair = unpack2x16float(B[i >> 1u]);
+  return select(pair.x, pair.y, (i & 1u) == 1u);
+#else
+  return B[i];
+#endif
+}
+
+/// Element offsets of batch z's A and B matrices.
+fn batch_offsets(z: u32) -> vec2<u32> {
+  var rem = z;
+  var off = vec2<u32>(0u, 0u);
+  for (var d = 3; d >= 0; d--) {
+    let c = rem % p.bdims[d];
+    rem = rem / p.bdims[d];
+    off += c * vec2<u32>(p.bsa[d], p.bsb[d]);
+  }
+  return off;
+}
+
+// erf with |error| < 1.2e-7 (Abramowitz & Stegun 7.1.26 is coarser): Numerical Recipes' erfc
+// Chebyshev fit, evaluated in Horner form.
+fn matmul_erf(x: f32) -> f32 {
+  let z = abs(x);
+  let t = 1.0 / (1.0 + 0.5 * z);
+  let poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 +
+             t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))));
+  let erfc_z = t * exp(-z * z + poly);
+  return sign(x) * (1.0 - erfc_z);
+}
+
+const FLAG_BIAS = 1u;
+const FLAG_ADDEND = 2u;
+const ACT_SILU = 1u;
+const ACT_GELU = 2u;
+
+/// Write one output element (callers guard m < p.m and n < p.n). `c_base` is the batch's offset in C.
+fn epilogue(acc: f32, c_base: u32, m: u32, n: u32) {
+  var v = p.alpha * acc;
+  if ((p.flags & FLAG_BIAS) != 0u) { v += bias[n]; }
+  let ci = c_base + m * p.n + n;
+  if ((p.flags & FLAG_ADDEND) != 0u) { v += addend[ci]; }
+  let act = p.flags >> 2u;
+  if (act == ACT_SILU) {
+    v = v / (1.0 + exp(-v));
+  } else if (act == ACT_GELU) {
+    v = 0.5 * v * (1.0 + matmul_erf(v * 0.70710678118654752));
+  }
+  C[ci] = v;
+}
