@@ -81,17 +81,19 @@ for (const kernel of Object.keys(KERNELS)) {
 
     test("linear epilogue: bias and each activation fused (no grad recorded)", async () => {
       if (!useKernel(kernel)) return;
-      const [inF, outF] = [37, 45];
-      const xShape = [2, 5, inF];
-      const x = randn(prod(xShape), 7);
-      const w = randn(outF * inF, 8, 0.3);
-      const bias = randn(outF, 9);
-      for (const act of ["none", "silu", "gelu"] as RefActivation[]) {
-        for (const withBias of [true, false]) {
-          const y = noGrad(() => scope(() => ops.linear(toGpu(x, xShape), toGpu(w, [outF, inF]), withBias ? toGpu(bias, [outF]) : null, { activation: act })));
-          expect([...y.shape]).toEqual([2, 5, outF]);
-          expectClose(await y.read(), refLinear(x, inF, w, outF, withBias ? bias : null, act), fwdTol(inF), `${kernel} linear ${act} bias=${withBias}`);
-          y.dispose();
+      // [rows, in, out]; 40 rows x 9 outputs is computed transposed by the register kernel
+      for (const [rows, inF, outF] of [[10, 37, 45], [40, 13, 9]]) {
+        const xShape = [2, rows / 2, inF];
+        const x = randn(prod(xShape), 7);
+        const w = randn(outF * inF, 8, 0.3);
+        const bias = randn(outF, 9);
+        for (const act of ["none", "silu", "gelu"] as RefActivation[]) {
+          for (const withBias of [true, false]) {
+            const y = noGrad(() => scope(() => ops.linear(toGpu(x, xShape), toGpu(w, [outF, inF]), withBias ? toGpu(bias, [outF]) : null, { activation: act })));
+            expect([...y.shape]).toEqual([2, rows / 2, outF]);
+            expectClose(await y.read(), refLinear(x, inF, w, outF, withBias ? bias : null, act), fwdTol(inF), `${kernel} linear ${rows}x${inF}x${outF} ${act} bias=${withBias}`);
+            y.dispose();
+          }
         }
       }
     });
@@ -223,7 +225,7 @@ describe("linear backward", () => {
 
 describe("loraLinear", () => {
   const [inF, outF, r] = [6, 5, 2];
-  const xShape = [2, 3, inF];
+  const xShape = [2, 17, inF]; // 34 rows: the rank-r products run transposed on the register kernel
   const scale = 0.7;
   test("forward and gradients for x, down and up (W, b frozen)", async () => {
     await gradCheck({

@@ -27,9 +27,9 @@ struct Params {
   bsa: vec4<u32>,     // A's batch strides per batch dim (0: broadcast)
   bsb: vec4<u32>,     // B's batch strides per batch dim (0: broadcast)
   alpha: f32,
-  flags: u32,         // FLAG_BIAS | FLAG_ADDEND | activation << 2 (0 none, 1 silu, 2 gelu)
-  _pad1: u32,
-  _pad2: u32,
+  flags: u32,         // FLAG_BIAS | FLAG_ADDEND | FLAG_BIAS_ROWS | activation << 3 (0 none, 1 silu, 2 gelu)
+  scm: u32,           // element strides of C along m and n (n, 1; or 1, m for a transposed product)
+  scn: u32,
 }
 
 @group(0) @binding(0) var<storage, read> A: array<f32>;
@@ -77,16 +77,18 @@ fn matmul_erf(x: f32) -> f32 {
 
 const FLAG_BIAS = 1u;
 const FLAG_ADDEND = 2u;
+const FLAG_BIAS_ROWS = 4u;  // the bias runs along m (the product was computed transposed)
 const ACT_SILU = 1u;
 const ACT_GELU = 2u;
 
 /// Write one output element (callers guard m < p.m and n < p.n). `c_base` is the batch's offset in C.
+/// The bias and the addend are indexed like the output element.
 fn epilogue(acc: f32, c_base: u32, m: u32, n: u32) {
   var v = p.alpha * acc;
-  if ((p.flags & FLAG_BIAS) != 0u) { v += bias[n]; }
-  let ci = c_base + m * p.n + n;
+  if ((p.flags & FLAG_BIAS) != 0u) { v += bias[select(n, m, (p.flags & FLAG_BIAS_ROWS) != 0u)]; }
+  let ci = c_base + m * p.scm + n * p.scn;
   if ((p.flags & FLAG_ADDEND) != 0u) { v += addend[ci]; }
-  let act = p.flags >> 2u;
+  let act = p.flags >> 3u;
   if (act == ACT_SILU) {
     v = v / (1.0 + exp(-v));
   } else if (act == ACT_GELU) {

@@ -16,6 +16,8 @@ export type Activation = "none" | "silu" | "gelu";
 const ACT_CODE: Record<Activation, number> = { none: 0, silu: 1, gelu: 2 };
 const FLAG_BIAS = 1;
 const FLAG_ADDEND = 2;
+const FLAG_BIAS_ROWS = 4;
+const ACT_SHIFT = 3;
 /** Batch dims the kernel decomposes (after collapsing). */
 const MAX_BATCH_DIMS = 4;
 
@@ -137,11 +139,25 @@ export function gemm(a: Tensor, b: Tensor, opts: GemmOptions = {}): Tensor {
 
   const tuning = matmulTuning(g);
   const bF16 = b.dtype === "f16";
+  // Element strides of op(A) along (m, k) and of op(B) along (k, n).
+  let prod = {
+    m: rows, n, sam: transA ? 1 : k, sak: transA ? m : 1, sbk: transB ? 1 : n, sbn: transB ? k : 1,
+    bsa, bsb, scm: n, scn: 1, biasRows: false,
+  };
+  // The register kernel's workgroup spans 32 columns: for a narrow C (LoRA's rank-r products)
+  // compute Cᵀ = op(B)ᵀ op(A)ᵀ instead and store it transposed, so no lane idles on clamped columns.
+  const swap = tuning.kind === "register" && n < 32 && rows >= 32 && !bF16;
+  if (swap) {
+    prod = {
+      m: n, n: rows, sam: prod.sbn, sak: prod.sbk, sbk: prod.sak, sbn: prod.sam,
+      bsa: bsb, bsb: bsa, scm: 1, scn: n, biasRows: true,
+    };
+  }
   let kernel;
   let gx: number;
   let gy: number;
   if (tuning.kind === "register") {
-    const rg = registerRowGroups(tuning, rows);
+    const rg = registerRowGroups(tuning, prod.m);
     kernel = g.kernel("matmul", REGISTER_SOURCE, {
       SUBGROUPS: true,
       B_F16: bF16,
@@ -152,32 +168,30 @@ export function gemm(a: Tensor, b: Tensor, opts: GemmOptions = {}): Tensor {
       CG2: tuning.colGroups === 2,
       COLS: 32 * tuning.colGroups,
     });
-    gx = Math.ceil(n / (32 * tuning.colGroups));
-    gy = Math.ceil(rows / (8 * rg));
+    gx = Math.ceil(prod.n / (32 * tuning.colGroups));
+    gy = Math.ceil(prod.m / (8 * rg));
   } else {
     kernel = g.kernel("matmul_tiled", TILED_SOURCE, { B_F16: bF16 });
-    gx = Math.ceil(n / 64);
-    gy = Math.ceil(rows / 64);
+    gx = Math.ceil(prod.n / 64);
+    gy = Math.ceil(prod.m / 64);
   }
   if (gx > g.maxGroupsPerDim || gy > g.maxGroupsPerDim) {
     throw new Error(`${op}: output ${shapeStr(outShape)} needs ${gx}x${gy} workgroups, over the ${g.maxGroupsPerDim} per dimension limit`);
   }
 
-  const flags = (bias ? FLAG_BIAS : 0) | (addend ? FLAG_ADDEND : 0) | (ACT_CODE[opts.activation ?? "none"] << 2);
+  const flags = (bias ? FLAG_BIAS : 0) | (addend ? FLAG_ADDEND : 0) | (prod.biasRows ? FLAG_BIAS_ROWS : 0) |
+    (ACT_CODE[opts.activation ?? "none"] << ACT_SHIFT);
+  const [first, second] = swap ? [b, a] : [a, b];
   const dummy: GpuBinding = a.binding();
-  const bindings = [a.binding(), b.binding(), bias ? bias.binding() : dummy, addend ? addend.binding() : dummy, out.binding()];
-  const sam = transA ? 1 : k;
-  const sak = transA ? m : 1;
-  const sbk = transB ? 1 : n;
-  const sbn = transB ? k : 1;
+  const bindings = [first.binding(), second.binding(), bias ? bias.binding() : dummy, addend ? addend.binding() : dummy, out.binding()];
   for (let z0 = 0; z0 < zTotal; z0 += g.maxGroupsPerDim) {
     const gz = Math.min(g.maxGroupsPerDim, zTotal - z0);
     g.dispatch(kernel, bindings, [
       "u".repeat(20) + "fuuu",
-      rows, n, k, z0,
-      sam, sak, sbk, sbn,
-      ...padFront(bdims, 1), ...padFront(bsa, 0), ...padFront(bsb, 0),
-      opts.alpha ?? 1, flags, 0, 0,
+      prod.m, prod.n, k, z0,
+      prod.sam, prod.sak, prod.sbk, prod.sbn,
+      ...padFront(bdims, 1), ...padFront(prod.bsa, 0), ...padFront(prod.bsb, 0),
+      opts.alpha ?? 1, flags, prod.scm, prod.scn,
     ], [gx, gy, gz]);
   }
   return out;

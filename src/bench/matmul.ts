@@ -1,0 +1,102 @@
+// Matmul throughput at the shapes the UNet and CLIP run (M x K x N): GFLOP/s from the median of
+// several synchronised runs after a warm-up; the first call's extra time (pipeline compilation,
+// which lavapipe does lazily at the first dispatch) is reported apart.
+import { gpu } from "../gpu/device.ts";
+import { Tensor, noGrad, scope } from "../tensor/index.ts";
+import * as ops from "../tensor/ops/index.ts";
+import { matmulTuning, setMatmulTuning, type MatmulTuning } from "../tensor/ops/matmul_tuning.ts";
+import type { BenchRow } from "./types.ts";
+
+export interface MatmulBenchOptions {
+  /** [M, K, N] triples; defaults to DEFAULT_MATMUL_SHAPES. */
+  shapes?: [number, number, number][];
+  /** Timed runs per shape (median reported). */
+  reps?: number;
+  /** Force a kernel instead of the adapter's choice. */
+  tuning?: MatmulTuning;
+  /** Also time linear with an f16 weight (B read as f16). */
+  f16?: boolean;
+}
+
+export const DEFAULT_MATMUL_SHAPES: [number, number, number][] = [
+  [1024, 1024, 1024],
+  [4096, 320, 320],
+  [4096, 320, 1280],
+  [4096, 1280, 320],
+  [77, 768, 768],
+];
+
+function pseudoRandom(n: number, seed: number): Float32Array {
+  const out = new Float32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = s / 4294967296 - 0.5;
+  }
+  return out;
+}
+
+/** Wall time of `fn` (GPU work, synchronised): first call, then the median of `reps` after one warm-up. */
+async function timeCalls(fn: () => void, reps: number): Promise<{ firstMs: number; ms: number }> {
+  const g = gpu();
+  await g.sync();
+  let t0 = performance.now();
+  fn();
+  await g.sync();
+  const firstMs = performance.now() - t0;
+  fn();
+  await g.sync();
+  const times: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    t0 = performance.now();
+    fn();
+    await g.sync();
+    times.push(performance.now() - t0);
+  }
+  times.sort((a, b) => a - b);
+  return { firstMs, ms: times[Math.floor(times.length / 2)] };
+}
+
+export async function benchMatmul(opts: MatmulBenchOptions = {}): Promise<BenchRow[]> {
+  const shapes = opts.shapes ?? DEFAULT_MATMUL_SHAPES;
+  const reps = opts.reps ?? 5;
+  if (opts.tuning) setMatmulTuning(opts.tuning);
+  const rows: BenchRow[] = [];
+  try {
+    const t = matmulTuning(gpu());
+    const variant = t.kind === "register" ? `register ${8 * t.rowGroups}x${32 * t.colGroups}` : "tiled 64x64";
+    for (const [m, k, n] of shapes) {
+      const a = Tensor.from(pseudoRandom(m * k, 1), [m, k], "f32", "bench_a").keep();
+      const b = Tensor.from(pseudoRandom(k * n, 2), [k, n], "f32", "bench_b").keep();
+      const flop = 2 * m * n * k;
+      const run = (f: () => Tensor) => () => noGrad(() => scope(() => void f()));
+      const mm = await timeCalls(run(() => ops.matmul(a, b)), reps);
+      rows.push({
+        name: "matmul",
+        shape: `${m}x${k}x${n}`,
+        ms: mm.ms,
+        gflops: flop / mm.ms / 1e6,
+        compileMs: Math.max(0, mm.firstMs - mm.ms),
+        note: variant,
+      });
+      if (opts.f16) {
+        const w = Tensor.from(pseudoRandom(n * k, 3), [n, k], "f16", "bench_w16").keep();
+        const lin = await timeCalls(run(() => ops.linear(a, w)), reps);
+        rows.push({
+          name: "linear f16 weight",
+          shape: `${m}x${k}x${n}`,
+          ms: lin.ms,
+          gflops: flop / lin.ms / 1e6,
+          compileMs: Math.max(0, lin.firstMs - lin.ms),
+          note: variant,
+        });
+        w.dispose();
+      }
+      a.dispose();
+      b.dispose();
+    }
+  } finally {
+    if (opts.tuning) setMatmulTuning(null);
+  }
+  return rows;
+}
