@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { gpu } from "../src/gpu/device.ts";
+import { benchMatmul } from "../src/bench/matmul.ts";
 import { Tensor, backward, clearTape, noGrad, scope } from "../src/tensor/index.ts";
 import * as ops from "../src/tensor/ops/index.ts";
 import { f16BitsToF32, f32ToF16Bits } from "../src/tensor/f16.ts";
@@ -169,6 +170,21 @@ describe("matmul backward", () => {
     clearTape();
     await gpu().sync();
     expect(gpu().pool.snapshot().liveBytes).toBe(before);
+  });
+
+  test("K = 0: the empty sum gives the bias", async () => {
+    const x = Tensor.from(new Float32Array(0), [3, 0]);
+    const w = Tensor.from(new Float32Array(0), [4, 0]);
+    const bias = toGpu([0.5, -1, 2, 3.25], [4]);
+    const y = ops.linear(x, w, bias);
+    expectClose(await y.read(), [0.5, -1, 2, 3.25, 0.5, -1, 2, 3.25, 0.5, -1, 2, 3.25], { atol: 0 }, "K=0");
+    for (const t of [x, w, bias, y]) t.dispose();
+  });
+
+  test("the benchmark reports a row per shape", async () => {
+    const rows = await benchMatmul({ shapes: [[40, 24, 72]], reps: 1, f16: true });
+    expect(rows.map((r) => `${r.name} ${r.shape}`)).toEqual(["matmul 40x24x72", "linear f16 weight 40x24x72"]);
+    for (const r of rows) expect(r.gflops!).toBeGreaterThan(0);
   });
 
   test("shape errors name the op and both shapes", () => {

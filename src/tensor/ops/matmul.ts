@@ -51,7 +51,7 @@ function matmulGradB(g: Tensor, a: Tensor, b: Tensor, transA: boolean, transB: b
   if (batchB === 1 && !transA) {
     // One B shared by every batch: flatten the batch into the rows of A and g (one product).
     const k = a.shape[a.rank - 1];
-    const rows = a.size / Math.max(k, 1);
+    const rows = numel(a.shape.slice(0, -1));
     const aFlat = reshapeRaw(a, [rows, k]); // [Z*M, K]
     const gFlat = reshapeRaw(g, [rows, g.shape[g.rank - 1]]); // [Z*M, N]
     const d = transB ? gemm(gFlat, aFlat, { transA: true, op: "matmul backward" }) : gemm(aFlat, gFlat, { transA: true, op: "matmul backward" });
@@ -101,7 +101,7 @@ function checkLinear(op: string, x: Tensor, weight: Tensor, bias: Tensor | null 
   if (bias && (bias.rank !== 1 || bias.shape[0] !== outF)) {
     throw new Error(`${op}: bias ${shapeStr(bias.shape)} does not match weight ${shapeStr(weight.shape)}`);
   }
-  return { rows: x.size / Math.max(inF, 1), inF, outF };
+  return { rows: numel(x.shape.slice(0, -1)), inF, outF };
 }
 
 /** y = x Wᵀ + b (x [..., in], W [out, in] as torch, b [out]) without activation, with autograd. */
