@@ -2,12 +2,17 @@
 // There an invocation is one SIMD lane of a subgroup of 8, every storage load is a per-lane loop
 // (expensive, whatever the address pattern) and arithmetic is cheap, so the kernel minimises loads
 // per multiply-add:
-//   - a workgroup is one subgroup of 8 lanes and owns 8 * RG rows and 32 columns of C;
-//   - lane l owns columns n0 + l + 8 j (j < 4, a vec4 of accumulators per row) for every row;
+//   - a workgroup is one subgroup of 8 lanes and owns 8 * RG rows and COLS (32 or 64) columns of C;
+//   - lane l owns columns n0 + l + 8 j (j < 4, a vec4 of accumulators per row; with CG2 a second
+//     vec4 for j = 4..7) for every row;
 //   - per k, lane l loads A for row 8 g + l of each row group g (RG loads) and the subgroup shares
-//     them with broadcasts, and loads its 4 B values: RG + 4 loads for 32 * RG vec4 multiply-adds.
+//     them with broadcasts, and loads its 4 B values: RG + 4 loads for 8 * RG vec4 multiply-adds.
+// The accumulators sit in one array that the epilogue indexes dynamically: that keeps a single copy
+// of the (per-lane, code-heavy) stores; measured no slower than registers, which spill anyway.
+// Measured alternatives that lost: unrolling k by 2 (slower), 64 columns per workgroup (no gain).
 // Rows and columns past the edge are clamped for loading and skipped for storing.
-// defines (besides matmul_common.wgsl's): RG (row groups of 8: 1..4), ROWS (= 8 * RG)
+// defines (besides matmul_common.wgsl's): RG2, RG3, RG4 (row groups 2..4 present), ROWS (8 * row
+// groups), CG2 (64 columns), COLS (32 or 64)
 
 // Row group g's 8 rows: acc[8 g + i] += broadcast(a from lane i) * b.
 fn fma_rows(a: f32, b: vec4<f32>, acc: ptr<function, array<vec4<f32>, {{ROWS}}>>, g: u32) {

@@ -1,6 +1,7 @@
 // Matmul throughput at the shapes the UNet and CLIP run (M x K x N): GFLOP/s from the median of
 // several synchronised runs after a warm-up; the first call's extra time (pipeline compilation,
 // which lavapipe does lazily at the first dispatch) is reported apart.
+import process from "node:process";
 import { gpu } from "../gpu/device.ts";
 import { Tensor, noGrad, scope } from "../tensor/index.ts";
 import * as ops from "../tensor/ops/index.ts";
@@ -36,8 +37,12 @@ function pseudoRandom(n: number, seed: number): Float32Array {
   return out;
 }
 
-/** Wall time of `fn` (GPU work, synchronised): first call, then the median of `reps` after one warm-up. */
-async function timeCalls(fn: () => void, reps: number): Promise<{ firstMs: number; ms: number }> {
+/**
+ * Wall time of `fn` (GPU work, synchronised): first call, then the median of `reps` after one warm-up.
+ * `cores`: this process's CPU time over wall time during the timed runs (on lavapipe the kernels run
+ * on our own threads, so less than the core count means other processes took the CPU).
+ */
+async function timeCalls(fn: () => void, reps: number): Promise<{ firstMs: number; ms: number; cores: number }> {
   const g = gpu();
   await g.sync();
   let t0 = performance.now();
@@ -47,14 +52,17 @@ async function timeCalls(fn: () => void, reps: number): Promise<{ firstMs: numbe
   fn();
   await g.sync();
   const times: number[] = [];
+  const cpu0 = process.cpuUsage();
   for (let i = 0; i < reps; i++) {
     t0 = performance.now();
     fn();
     await g.sync();
     times.push(performance.now() - t0);
   }
+  const cpu = process.cpuUsage(cpu0);
+  const wall = times.reduce((x, y) => x + y, 0);
   times.sort((a, b) => a - b);
-  return { firstMs, ms: times[Math.floor(times.length / 2)] };
+  return { firstMs, ms: times[Math.floor(times.length / 2)], cores: (cpu.user + cpu.system) / 1000 / wall };
 }
 
 export async function benchMatmul(opts: MatmulBenchOptions = {}): Promise<BenchRow[]> {
@@ -77,7 +85,7 @@ export async function benchMatmul(opts: MatmulBenchOptions = {}): Promise<BenchR
         ms: mm.ms,
         gflops: flop / mm.ms / 1e6,
         compileMs: Math.max(0, mm.firstMs - mm.ms),
-        note: variant,
+        note: `${variant}; ${mm.cores.toFixed(1)} cores busy`,
       });
       if (opts.f16) {
         const w = Tensor.from(pseudoRandom(n * k, 3), [n, k], "f16", "bench_w16").keep();
@@ -88,7 +96,7 @@ export async function benchMatmul(opts: MatmulBenchOptions = {}): Promise<BenchR
           ms: lin.ms,
           gflops: flop / lin.ms / 1e6,
           compileMs: Math.max(0, lin.firstMs - lin.ms),
-          note: variant,
+          note: `${variant}; ${lin.cores.toFixed(1)} cores busy`,
         });
         w.dispose();
       }
