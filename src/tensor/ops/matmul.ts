@@ -9,6 +9,8 @@ import { sumTo } from "./reduce.ts";
 import { type Activation, gemm } from "./matmul_gemm.ts";
 
 export type { Activation } from "./matmul_gemm.ts";
+/** The launcher without autograd (transposes, alpha, bias, addend, activation), for products inside other op families' forward and backward passes. */
+export { gemm, type GemmOptions } from "./matmul_gemm.ts";
 export { setMatmulTuning, matmulTuning, type MatmulTuning } from "./matmul_tuning.ts";
 
 export interface MatmulOptions {
