@@ -1,0 +1,90 @@
+// LoRA adapters on the UNet's attention projections (to_q, to_k, to_v, to_out.0 of every attn1 and
+// attn2), as ddpo-pytorch / diffusers set them up: down ~ N(0, (1/r)^2), up = 0, scale alpha/r.
+import { Tensor } from "../tensor/tensor.ts";
+import { UserError } from "../errors.ts";
+import { type LoraLayer, loraScale, readLoraFile } from "../io/lora_format.ts";
+import { Linear } from "./layers.ts";
+import type { UNet2DConditionModel } from "./unet.ts";
+import { hostRandn } from "./load.ts";
+
+/** Every LoRA target of the UNet by module path (e.g. `…attn2.to_out.0`). */
+export function loraTargets(unet: UNet2DConditionModel): Map<string, Linear> {
+  const out = new Map<string, Linear>();
+  for (const [path, attn] of unet.attentionModules()) {
+    for (const [name, lin] of attn.loraTargets()) out.set(`${path}.${name}`, lin);
+  }
+  return out;
+}
+
+/** The trainable tensors of the attached adapters, in a stable order (module path, down then up). */
+export function loraParameters(unet: UNet2DConditionModel): { path: string; down: Tensor; up: Tensor }[] {
+  const out: { path: string; down: Tensor; up: Tensor }[] = [];
+  for (const [path, lin] of loraTargets(unet)) if (lin.lora) out.push({ path, down: lin.lora.down, up: lin.lora.up });
+  return out;
+}
+
+/** Fresh trainable adapters of rank `rank` on every target (ddpo-pytorch's initialisation). */
+export function initLora(unet: UNet2DConditionModel, rank: number, seed: number, alpha = rank): void {
+  let i = 0;
+  for (const [, lin] of loraTargets(unet)) {
+    const down = hostRandn(rank * lin.inFeatures, (seed * 65537 + i++ * 2654435761) >>> 0).map((v) => v / rank);
+    lin.lora?.down.dispose();
+    lin.lora?.up.dispose();
+    lin.lora = {
+      down: Tensor.from(down, [rank, lin.inFeatures], "f32", "lora_A").keep().requireGrad(),
+      up: Tensor.from(new Float32Array(lin.outFeatures * rank), [lin.outFeatures, rank], "f32", "lora_B").keep().requireGrad(),
+      scale: alpha / rank,
+    };
+  }
+}
+
+/** Attach adapters read from a file; every layer must name an existing target with matching sizes. */
+export function attachLoraLayers(unet: UNet2DConditionModel, layers: ReadonlyMap<string, LoraLayer>, source: string, trainable = false): void {
+  const targets = loraTargets(unet);
+  for (const [path, l] of layers) {
+    const lin = targets.get(path);
+    if (!lin) throw new UserError(`${source}: LoRA layer '${path}' is not an attention projection of this UNet`);
+    if (l.inFeatures !== lin.inFeatures || l.outFeatures !== lin.outFeatures) {
+      throw new UserError(`${source}: LoRA layer '${path}' is ${l.outFeatures}x${l.inFeatures}, the UNet's projection is ${lin.outFeatures}x${lin.inFeatures}`);
+    }
+    lin.lora?.down.dispose();
+    lin.lora?.up.dispose();
+    lin.lora = {
+      down: Tensor.from(l.down, [l.rank, l.inFeatures], "f32", "lora_A").keep().requireGrad(trainable),
+      up: Tensor.from(l.up, [l.outFeatures, l.rank], "f32", "lora_B").keep().requireGrad(trainable),
+      scale: loraScale(l),
+    };
+  }
+}
+
+export function loadLoraFile(unet: UNet2DConditionModel, path: string, trainable = false): number {
+  const f = readLoraFile(path);
+  attachLoraLayers(unet, f.layers, path, trainable);
+  return f.layers.size;
+}
+
+/** The attached adapters as host data (for writing peft files and checkpoints). */
+export async function exportLora(unet: UNet2DConditionModel): Promise<Map<string, LoraLayer>> {
+  const out = new Map<string, LoraLayer>();
+  for (const [path, lin] of loraTargets(unet)) {
+    if (!lin.lora) continue;
+    const rank = lin.lora.down.shape[0];
+    out.set(path, {
+      down: await lin.lora.down.readF32(),
+      up: await lin.lora.up.readF32(),
+      rank,
+      inFeatures: lin.inFeatures,
+      outFeatures: lin.outFeatures,
+      alpha: lin.lora.scale * rank,
+    });
+  }
+  return out;
+}
+
+export function removeLora(unet: UNet2DConditionModel): void {
+  for (const [, lin] of loraTargets(unet)) {
+    lin.lora?.down.dispose();
+    lin.lora?.up.dispose();
+    lin.lora = null;
+  }
+}
