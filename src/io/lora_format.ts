@@ -28,6 +28,8 @@ export interface LoraFile {
   format: LoraFormat;
   /** Module path -> weights, in sorted module order. */
   layers: Map<string, LoraLayer>;
+  /** Module path -> the file's own key names of its down and up tensors. */
+  keys: Map<string, { down: string; up: string }>;
 }
 
 type Part = "down" | "up" | "alpha";
@@ -87,6 +89,7 @@ export function parseLora(file: SafetensorsFile): LoraFile {
   if (parts.size === 0) throw new UserError(`${path}: holds no LoRA weights`);
 
   const layers = new Map<string, LoraLayer>();
+  const keys = new Map<string, { down: string; up: string }>();
   for (const module of [...parts.keys()].sort()) {
     const { down, up, alpha } = parts.get(module)!;
     if (down === undefined || up === undefined) {
@@ -111,8 +114,9 @@ export function parseLora(file: SafetensorsFile): LoraFile {
       layer.alpha = value;
     }
     layers.set(module, layer);
+    keys.set(module, { down, up });
   }
-  return { format: formats.size === 1 && formats.has("attn-procs") ? "attn-procs" : "peft", layers };
+  return { format: formats.size === 1 && formats.has("attn-procs") ? "attn-procs" : "peft", layers, keys };
 }
 
 /** Read a LoRA safetensors file (any supported format). */
