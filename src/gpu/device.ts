@@ -2,8 +2,10 @@
 // uniform staging, uploads and readback. Everything else reaches the GPU through `gpu()`.
 import { BufferPool } from "./pool.ts";
 import { BufferUsage, MAP_MODE_READ } from "./constants.ts";
+import { KernelProfiler } from "./profiler.ts";
 import { type Defines, type Kernel, KernelCache } from "./kernels.ts";
 import { runtimeName, webgpuEntry } from "./runtime.ts";
+import { quietly } from "./quiet_wait.ts";
 
 /** A storage or uniform buffer range bound to one kernel binding. */
 export interface GpuBinding {
@@ -49,6 +51,8 @@ export class Gpu {
 
   private encoder: GPUCommandEncoder | null = null;
   private pass: GPUComputePassEncoder | null = null;
+  /** Set by `startProfiling()`: per-dispatch timestamps (needs the timestamp-query feature). */
+  profiler: KernelProfiler | null = null;
   private pendingDispatches = 0;
   private arena: GPUBuffer;
   private arenaHost = new ArrayBuffer(ARENA_BYTES);
@@ -147,13 +151,19 @@ export class Gpu {
       this.arenaUsed = off + Math.ceil(bytes / this.uniformAlign) * this.uniformAlign;
     }
     const bindGroup = this.device.createBindGroup({ label: kernel.name, layout: kernel.layout, entries });
-    if (!this.pass) {
+    if (this.profiler) {
+      if (this.profiler.full) this.flush();
+      this.endPass();
+      this.encoder ??= this.device.createCommandEncoder({ label: "batch" });
+      this.pass = this.encoder.beginComputePass(this.profiler.passFor(kernel.name.replace(/\(.*$/, "")));
+    } else if (!this.pass) {
       this.encoder ??= this.device.createCommandEncoder({ label: "batch" });
       this.pass = this.encoder.beginComputePass({ label: "batch" });
     }
-    this.pass.setPipeline(kernel.pipeline);
-    this.pass.setBindGroup(0, bindGroup);
-    this.pass.dispatchWorkgroups(gx, gy, gz);
+    this.pass!.setPipeline(kernel.pipeline);
+    this.pass!.setBindGroup(0, bindGroup);
+    this.pass!.dispatchWorkgroups(gx, gy, gz);
+    if (this.profiler) this.endPass();
     this.lastLabel = kernel.name;
     this.pendingDispatches++;
     this.dispatchCount++;
@@ -185,6 +195,7 @@ export class Gpu {
       this.device.queue.writeBuffer(this.arena, 0, this.arenaHost, 0, this.arenaUsed);
       this.arenaUsed = 0;
     }
+    this.profiler?.resolve(this.encoder);
     this.device.queue.submit([this.encoder.finish()]);
     this.encoder = null;
     this.pendingDispatches = 0;
@@ -194,7 +205,7 @@ export class Gpu {
   /** Submit and wait until the GPU has finished; throws the first GPU error seen. */
   async sync(): Promise<void> {
     this.flush();
-    await this.device.queue.onSubmittedWorkDone();
+    await this.wait(() => this.device.queue.onSubmittedWorkDone());
     this.check();
   }
 
@@ -230,7 +241,7 @@ export class Gpu {
     this.encoder.copyBufferToBuffer(buffer, offset, stage, 0, copyBytes);
     this.flush();
     try {
-      await stage.mapAsync(MAP_MODE_READ, 0, copyBytes);
+      await this.wait(() => stage.mapAsync(MAP_MODE_READ, 0, copyBytes));
     } catch (e) {
       this.check();
       throw new Error(`readback of ${buffer.label} failed after ${this.lastLabel}: ${(e as Error).message}`);
@@ -243,6 +254,11 @@ export class Gpu {
     return out;
   }
 
+  /** Await a Dawn promise; on CPU adapters without Dawn's busy polling (see quiet_wait.ts). */
+  private wait<T>(start: () => Promise<T>): Promise<T> {
+    return this.info.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader/i.test(this.info.description) ? quietly(start) : start();
+  }
+
   /** Throw pending GPU validation errors or device loss, naming the last kernel dispatched. */
   check(): void {
     if (this.destroyed) throw new Error("GPU context already destroyed");
@@ -251,6 +267,24 @@ export class Gpu {
       const msgs = this.errors.splice(0);
       throw new Error(`GPU error (last kernel: ${this.lastLabel || "none"}): ${msgs[0]}${msgs.length > 1 ? ` (+${msgs.length - 1} more)` : ""}`);
     }
+  }
+
+  /** Start timing every dispatch (false when the adapter has no timestamp queries). */
+  startProfiling(): boolean {
+    if (!this.features.has("timestamp-query")) return false;
+    this.flush();
+    this.profiler ??= new KernelProfiler(this.device);
+    return true;
+  }
+
+  /** Stop timing and return per-kernel totals, most expensive first. */
+  async stopProfiling(): Promise<import("./profiler.ts").KernelTime[]> {
+    if (!this.profiler) return [];
+    await this.sync();
+    const r = await this.profiler.collect();
+    this.profiler.destroy();
+    this.profiler = null;
+    return r;
   }
 
   /** Run `fn` inside a validation error scope and throw its error with `label` (debugging aid). */
