@@ -1,0 +1,193 @@
+// The conv2d GPU passes without autograd: the forward and the input gradient (one implicit GEMM,
+// two index maps) and the weight gradient, each split into binding-sized passes. Two kernel
+// families: register-blocked over a prepared NHWC source (CPU rasterisers) and workgroup-memory
+// tiles straight over NCHW (real GPUs); conv_tuning.ts picks one per adapter.
+import regSrc from "../../../wgsl/conv2d.wgsl" with { type: "text" };
+import prepSrc from "../../../wgsl/conv2d_prep.wgsl" with { type: "text" };
+import tiledSrc from "../../../wgsl/conv2d_tiled.wgsl" with { type: "text" };
+import weightsSrc from "../../../wgsl/conv2d_weights.wgsl" with { type: "text" };
+import wgradSrc from "../../../wgsl/conv2d_wgrad.wgsl" with { type: "text" };
+import { gpu, type Uniforms } from "../../gpu/device.ts";
+import { Tensor } from "../tensor.ts";
+import { type ConvGeometry, planPasses, windowBinding } from "./conv_geometry.ts";
+import { type RegisterTiles, type SharedTiles, convTuning } from "./conv_tuning.ts";
+
+const roundUp = (v: number, m: number) => Math.ceil(v / m) * m;
+
+export type GemmMode = "forward" | "inputGrad";
+
+/** The GEMM view of a forward (rows = Cout, channels = Cin) or an input gradient (the reverse). */
+function gemmView(mode: GemmMode, geo: ConvGeometry) {
+  const taps = geo.kh * geo.kw;
+  return mode === "forward"
+    ? { m: geo.cout, c: geo.cin, srcH: geo.h, srcW: geo.w, dstH: geo.ho, dstW: geo.wo, strideM: geo.cin * taps, strideC: taps }
+    : { m: geo.cin, c: geo.cout, srcH: geo.ho, srcW: geo.wo, dstH: geo.h, dstW: geo.w, strideM: taps, strideC: geo.cin * taps };
+}
+
+interface PanelLayout {
+  mPad: number;
+  cPad: number;
+  /** Output element strides of tap, row and channel. */
+  tap: number;
+  row: number;
+  chan: number;
+  flip: boolean;
+}
+
+/** Weights [Cout, Cin, kh, kw] (f32 or f16) re-laid out as zero-padded f32 panels. */
+function weightPanels(weight: Tensor, v: ReturnType<typeof gemmView>, taps: number, l: PanelLayout): Tensor {
+  const g = gpu();
+  const out = Tensor.empty([taps * l.mPad * l.cPad], "f32", "conv2d.weight_panels");
+  const c4 = l.cPad / 4;
+  const wx = Math.min(64, c4 & -c4); // a power of two dividing c4: no idle lanes
+  const wy = 64 / wx;
+  const rows = 2; // rows per invocation
+  const k = g.kernel("conv2d_weights", weightsSrc, { F16: weight.dtype === "f16", FLIP: l.flip, C_CONTIGUOUS: l.chan === 1, WX: wx, WY: wy, ROWS: rows });
+  const u: Uniforms = ["u".repeat(12), v.m, v.c, taps, c4, v.strideM, v.strideC, l.tap, l.row, l.chan, l.mPad, 0, 0];
+  g.dispatch(k, [weight.binding(), out.binding()], u, [c4 / wx, Math.ceil(l.mPad / (wy * rows)), 1]);
+  return out;
+}
+
+/**
+ * Forward (`src` = x [N,Cin,H,W] -> [N,Cout,Ho,Wo], plus bias) or input gradient (`src` = dy
+ * [N,Cout,Ho,Wo] -> dx [N,Cin,H,W], no bias). Accumulates in f32; weights may be f16.
+ */
+export function convGemm(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tensor | null, geo: ConvGeometry): Tensor {
+  const tiles = convTuning(gpu()).forward;
+  const dstShape = mode === "forward" ? [geo.n, geo.cout, geo.ho, geo.wo] : [geo.n, geo.cin, geo.h, geo.w];
+  const dst = Tensor.empty(dstShape, "f32", mode === "forward" ? "conv2d" : "conv2d.grad_input");
+  if (dst.size === 0) return dst;
+  if (tiles.kind === "register") convRegister(mode, src, weight, bias, geo, dst, tiles);
+  else convTiled(mode, src, weight, bias, geo, dst, tiles);
+  return dst;
+}
+
+function convRegister(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tensor | null, geo: ConvGeometry, dst: Tensor, t: RegisterTiles): void {
+  const g = gpu();
+  const v = gemmView(mode, geo);
+  const taps = geo.kh * geo.kw;
+  // The prepared source: the forward pads x; the input gradient dilates dy by the stride and pads
+  // it by k - 1 - pad, turning the transposed conv into a stride-1 conv with the rotated kernel.
+  const fwd = mode === "forward";
+  const ph = fwd ? (geo.ho - 1) * geo.sh + geo.kh : geo.h + geo.kh - 1;
+  const pw = fwd ? (geo.wo - 1) * geo.sw + geo.kw : geo.w + geo.kw - 1;
+  const [offY, offX] = fwd ? [geo.pt, geo.pl] : [geo.kh - 1 - geo.pt, geo.kw - 1 - geo.pl];
+  const [dilY, dilX] = fwd ? [1, 1] : [geo.sh, geo.sw];
+  const [convSh, convSw] = fwd ? [geo.sh, geo.sw] : [1, 1];
+  const mPad = roundUp(v.m, t.tm);
+  const cPad = roundUp(v.c, 8);
+  const panels = weightPanels(weight, v, taps, { mPad, cPad, tap: mPad * cPad, row: cPad, chan: 1, flip: !fwd }); // [taps, mPad, cPad]
+  const dstPlane = v.dstH * v.dstW;
+  // Small planes (the 8x8 and 16x16 levels) get smaller workgroups rather than idle lanes.
+  let wg = t.wg;
+  while (wg > Math.max(8, t.subgroup) && (wg / 2) * t.tn >= dstPlane) wg /= 2;
+  const kernel = g.kernel("conv2d", regSrc, {
+    WG: wg, TM: t.tm, TN: t.tn, SUBGROUPS: t.subgroup > 0, SG: t.subgroup || 1,
+    HAS_BIAS: bias !== null, BIAS_F16: bias?.dtype === "f16",
+  });
+  const prep = g.kernel("conv2d_prep", prepSrc, { DILATED: !fwd });
+  const srcPlane = v.srcH * v.srcW;
+  const prepPlane = ph * pw;
+  for (const ps of planPasses(geo.n, v.m, v.c, Math.max(prepPlane, srcPlane), dstPlane, t.tm, 8, "conv2d")) {
+    const ccPad = roundUp(ps.cc, 8);
+    const prepared = Tensor.empty([ps.nc, ph, pw, ccPad], "f32", "conv2d.prepared"); // NHWC, zero-padded
+    const s = windowBinding(src, (ps.n0 * v.c + ps.c0) * srcPlane, ((ps.nc - 1) * v.c + ps.cc) * srcPlane);
+    const cp4 = ccPad / 4;
+    const perDispatch = Math.max(1, Math.floor(g.maxGroupsPerDim / cp4)); // images per prep dispatch (grid z)
+    for (let i0 = 0; i0 < ps.nc; i0 += perDispatch) {
+      const u: Uniforms = ["uuuuuuuuiiuuuuuu", ps.cc, cp4, v.srcH, v.srcW, ph, pw, dilY, dilX, offY, offX, s.skip, v.c * srcPlane, i0, 0, 0, 0];
+      g.dispatch(prep, [s.binding, prepared.binding()], u, [Math.ceil(pw / 64), ph, Math.min(perDispatch, ps.nc - i0) * cp4]);
+    }
+    const d = windowBinding(dst, (ps.n0 * v.m + ps.m0) * dstPlane, ((ps.nc - 1) * v.m + ps.mc) * dstPlane);
+    const u: Uniforms = [
+      "u".repeat(20),
+      ps.mc, ccPad / 8, geo.kh, geo.kw,
+      pw, v.dstH, v.dstW, convSh,
+      convSw, (ph * pw * ccPad) / 4, d.skip, v.m * dstPlane,
+      (ps.m0 * cPad + ps.c0) / 4, (mPad * cPad) / 4, cPad / 4, ps.m0,
+      ps.c0 > 0 ? 1 : 0, 0, 0, 0,
+    ];
+    const bindings = [prepared.binding(), panels.binding(), ...(bias ? [bias.binding()] : []), d.binding];
+    g.dispatch(kernel, bindings, u, [Math.ceil(dstPlane / (wg * t.tn)), Math.ceil(ps.mc / t.tm), ps.nc]);
+    prepared.dispose();
+  }
+  panels.dispose();
+}
+
+function sharedDefines(t: SharedTiles) {
+  return { BM: t.bm, BN: t.bn, BK: t.bk, TM: t.tm, TN: t.tn, WGX: t.bn / t.tn, WGY: t.bm / t.tm };
+}
+
+function convTiled(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tensor | null, geo: ConvGeometry, dst: Tensor, t: SharedTiles): void {
+  const g = gpu();
+  const v = gemmView(mode, geo);
+  const taps = geo.kh * geo.kw;
+  const mPad = roundUp(v.m, 4);
+  const cPad = roundUp(v.c, 4);
+  const panels = weightPanels(weight, v, taps, { mPad, cPad, tap: cPad * mPad, row: 1, chan: mPad, flip: false }); // [taps, cPad, mPad]
+  const kernel = g.kernel("conv2d_tiled", tiledSrc, {
+    HAS_BIAS: bias !== null, BIAS_F16: bias?.dtype === "f16", BWD_INPUT: mode === "inputGrad", MODE_WGRAD: false, ...sharedDefines(t),
+  });
+  const srcPlane = v.srcH * v.srcW;
+  const dstPlane = v.dstH * v.dstW;
+  for (const ps of planPasses(geo.n, v.m, v.c, srcPlane, dstPlane, 4, 1, "conv2d")) {
+    const s = windowBinding(src, (ps.n0 * v.c + ps.c0) * srcPlane, ((ps.nc - 1) * v.c + ps.cc) * srcPlane);
+    const d = windowBinding(dst, (ps.n0 * v.m + ps.m0) * dstPlane, ((ps.nc - 1) * v.m + ps.mc) * dstPlane);
+    // The tiled kernel reads the panels as f32 with 4 * (vec4 offsets) and clamps rows to m.
+    const u: Uniforms = [
+      "u".repeat(24),
+      ps.mc, ps.cc, taps, geo.kw,
+      v.srcH, v.srcW, v.dstH, v.dstW,
+      geo.sh, geo.sw, geo.pt, geo.pl,
+      s.skip, v.c * srcPlane, d.skip, v.m * dstPlane,
+      (ps.c0 * mPad + ps.m0) / 4, (cPad * mPad) / 4, mPad / 4, ps.m0,
+      ps.c0 > 0 ? 1 : 0, 0, 0, 0,
+    ];
+    const bindings = [s.binding, panels.binding(), ...(bias ? [bias.binding()] : []), d.binding];
+    g.dispatch(kernel, bindings, u, [Math.ceil(dstPlane / t.bn), Math.ceil(ps.mc / t.bm), ps.nc]);
+  }
+  panels.dispose();
+}
+
+/**
+ * Weight gradient dW[co, ci, ky, kx] = sum over images and output pixels of
+ * dy[n, co, oy, ox] * x[n, ci, oy*sh + ky - pt, ox*sw + kx - pl], f32.
+ */
+export function convWeightGrad(dy: Tensor, x: Tensor, geo: ConvGeometry): Tensor {
+  const g = gpu();
+  const tiles = convTuning(g).weightGrad;
+  const taps = geo.kh * geo.kw;
+  const cols = geo.cin * taps; // GEMM columns: (ci, tap), contiguous in dW
+  const dw = Tensor.empty([geo.cout, geo.cin, geo.kh, geo.kw], "f32", "conv2d.grad_weight");
+  const inPlane = geo.h * geo.w;
+  const outPlane = geo.ho * geo.wo;
+  const kernel = tiles.kind === "register"
+    ? g.kernel("conv2d_wgrad", wgradSrc, { WG: tiles.wg, TM4: tiles.tm / 4, TN: tiles.tn, NACC: (tiles.tm / 4) * tiles.tn })
+    : g.kernel("conv2d_tiled", tiledSrc, { HAS_BIAS: false, BIAS_F16: false, BWD_INPUT: false, MODE_WGRAD: true, ...sharedDefines(tiles) });
+  const rowTile = tiles.kind === "register" ? tiles.tm : 4;
+  // Windows: dy (rows = Cout planes of outPlane) and x (channels = Cin planes of inPlane) per image.
+  const passes = planPasses(geo.n, geo.cout, geo.cin, inPlane, outPlane, rowTile, 1, "conv2d weight gradient");
+  for (const ps of passes) {
+    const xs = windowBinding(x, (ps.n0 * geo.cin + ps.c0) * inPlane, ((ps.nc - 1) * geo.cin + ps.cc) * inPlane);
+    const ds = windowBinding(dy, (ps.n0 * geo.cout + ps.m0) * outPlane, ((ps.nc - 1) * geo.cout + ps.mc) * outPlane);
+    const u: Uniforms = [
+      "u".repeat(24),
+      ps.mc, ps.cc * taps, taps, geo.kw,
+      geo.h, geo.w, geo.ho, geo.wo,
+      geo.sh, geo.sw, geo.pt, geo.pl,
+      xs.skip, geo.cin * inPlane, ds.skip, geo.cout * outPlane,
+      ps.nc, cols, ps.m0, ps.c0 * taps,
+      isRepeatBlock(passes, ps) ? 1 : 0, 0, 0, 0,
+    ];
+    const groups = tiles.kind === "register"
+      ? [Math.ceil((ps.cc * taps) / (tiles.wg * tiles.tn)), Math.ceil(ps.mc / tiles.tm), 1]
+      : [Math.ceil((ps.cc * taps) / tiles.bn), Math.ceil(ps.mc / tiles.bm), 1];
+    g.dispatch(kernel, [ds.binding, xs.binding, dw.binding()], u, groups);
+  }
+  return dw;
+}
+
+/** True when an earlier pass already wrote the same (rows, channels) block of dW (a later image chunk). */
+function isRepeatBlock(passes: { n0: number; m0: number; c0: number }[], ps: { n0: number; m0: number; c0: number }): boolean {
+  return passes.some((o) => o.n0 < ps.n0 && o.m0 === ps.m0 && o.c0 === ps.c0);
+}
