@@ -9,7 +9,7 @@ import { setBindingLimitForTests } from "../src/tensor/ops/conv_geometry.ts";
 import { type ConvTuning, setConvTuning } from "../src/tensor/ops/conv_tuning.ts";
 import { f16BitsToF32, f32ToF16Bits } from "../src/tensor/f16.ts";
 import { expectClose, gradCheck, prod, randn, toGpu, useGpu } from "./helpers.ts";
-import { type ConvRefGeometry, conv2dGradsRef, conv2dRef, convOutSize, upsampleNearest2xRef } from "./ref/conv.ts";
+import { type ConvRefGeometry, conv2dGradsRef, conv2dRef, convOutSize, upsampleNearest2xRef, upsampleNearestRef } from "./ref/conv.ts";
 
 useGpu();
 
@@ -285,5 +285,26 @@ describe("upsampleNearest2x", () => {
     } finally {
       setBindingLimitForTests(null);
     }
+  });
+});
+
+describe("upsampleNearest to a size (odd latent sizes)", () => {
+  // [in shape, out h, out w]: odd targets as the UNet's up path needs, non-integer ratios, one axis doubled.
+  const cases: [number[], number, number][] = [[[1, 2, 3, 5], 7, 9], [[2, 3, 4, 4], 9, 8], [[1, 1, 5, 3], 11, 3], [[1, 2, 7, 6], 5, 13]];
+  for (const [shape, oh, ow] of cases) {
+    test(`${JSON.stringify(shape)} -> ${oh}x${ow}`, async () => {
+      await gradCheck({
+        label: "upsampleNearest",
+        inputs: [{ data: randn(prod(shape), 33), shape }],
+        gpuFn: ([x]) => ops.upsampleNearest(x, oh, ow),
+        refFn: ([x]) => upsampleNearestRef(x, shape, oh, ow),
+        fwd: { atol: 0 },
+        bwd: { atol: 1e-5, rtol: 1e-6 },
+      });
+    });
+  }
+  test("the reference follows torch's index rule floor(dst * f32(in / out))", () => {
+    // 3 -> 5: torch reads rows 0,0,1,1,2 (floor(d * 0.6f)); checked against torch 1.13 for all sizes to 39 -> 79.
+    expect(Array.from(upsampleNearestRef(Float64Array.from([10, 11, 12]), [1, 1, 1, 3], 1, 5))).toEqual([10, 10, 11, 11, 12]);
   });
 });

@@ -102,3 +102,20 @@ export function conv2dGradsRef(x: Float64Array, w: Float64Array, G: Float64Array
   }
   return { dx, dw, db };
 }
+
+/** torch's nearest rule for interpolate(size=(oh, ow)): source = min(floor(dst * f32(in/out)), in - 1), in f32. */
+export function upsampleNearestRef(x: Float64Array, shape: readonly number[], oh: number, ow: number): Float64Array {
+  const [n, c, h, w] = shape;
+  const sy = Math.fround(h / oh);
+  const sx = Math.fround(w / ow);
+  const src = (d: number, scale: number, size: number) => Math.min(Math.floor(Math.fround(d * scale)), size - 1);
+  const out = new Float64Array(n * c * oh * ow);
+  for (let p = 0; p < n * c; p++) {
+    for (let y = 0; y < oh; y++) {
+      for (let xx = 0; xx < ow; xx++) {
+        out[(p * oh + y) * ow + xx] = x[(p * h + src(y, sy, h)) * w + src(xx, sx, w)];
+      }
+    }
+  }
+  return out;
+}

@@ -9,7 +9,7 @@ import { type Conv2dOptions, convGeometry } from "./conv_geometry.ts";
 import { convGemm, convWeightGrad } from "./conv_gemm.ts";
 
 export type { Conv2dOptions } from "./conv_geometry.ts";
-export { upsampleNearest2x } from "./upsample.ts";
+export { upsampleNearest, upsampleNearest2x } from "./upsample.ts";
 
 function checkDtypes(x: Tensor, weight: Tensor, bias: Tensor | null): void {
   const shapes = `input ${shapeStr(x.shape)} ${x.dtype}, weight ${shapeStr(weight.shape)} ${weight.dtype}`;
