@@ -7,6 +7,7 @@ import { UserError } from "../errors.ts";
 import type { BenchRow } from "../bench/types.ts";
 import { cpuReference } from "../bench/reference.ts";
 import { benchElementwise } from "../bench/elementwise.ts";
+import { benchConv } from "../bench/conv.ts";
 import { action } from "./run.ts";
 
 type Suite = () => Promise<BenchRow[]>;
@@ -14,6 +15,7 @@ type Suite = () => Promise<BenchRow[]>;
 /** Kernel suites by name; model-level suites (unet, train-step) register themselves here too. */
 export const SUITES: Record<string, Suite> = {
   elementwise: benchElementwise,
+  conv: () => benchConv(),
 };
 
 export const ALL_KERNEL_SUITES = ["matmul", "conv", "attention", "groupnorm", "elementwise"];
