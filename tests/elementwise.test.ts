@@ -61,6 +61,7 @@ describe("binary ops with broadcasting", () => {
     sub: (x, y) => x - y,
     mul: (x, y) => x * y,
     div: (x, y) => x / y,
+    maximum: (x, y) => Math.max(x, y),
   };
   for (const [name, f] of Object.entries(fns)) {
     for (const [as, bs] of cases) {

@@ -235,3 +235,26 @@ export function geglu(x: Tensor): Tensor {
     return [dx];
   });
 }
+
+/** Elementwise maximum with broadcasting; the gradient goes to `a` where a >= b, else to `b`. */
+export function maximum(a: Tensor, b: Tensor): Tensor {
+  const out = binaryMap("max", "max(a, b)", a, b);
+  return record(out, "maximum", [a, b], [a, b], (g, [sa, sb], needs) => {
+    const res: (Tensor | null)[] = [null, null];
+    if (needs[0]) {
+      const ga = binaryMap("max_ga", "select(0.0, 1.0, a >= b)", sa, sb);
+      const t = binaryMap("mul", "a * b", g, ga);
+      res[0] = unbroadcast(t, a.shape);
+      ga.dispose();
+      t.dispose();
+    }
+    if (needs[1]) {
+      const gb = binaryMap("max_gb", "select(0.0, 1.0, b > a)", sa, sb);
+      const t = binaryMap("mul", "a * b", g, gb);
+      res[1] = unbroadcast(t, b.shape);
+      gb.dispose();
+      t.dispose();
+    }
+    return res;
+  });
+}
