@@ -21,7 +21,7 @@ const BWD_TOL = { atol: 5e-4, rtol: 2e-4 };
 const VARIANTS: Record<string, ConvTuning | null> = {
   "per-adapter default": null,
   "register, no subgroups": {
-    forward: { kind: "register", wg: 64, tm: 16, tn: 2, subgroup: 0 },
+    forward: { kind: "register", wg: 64, tm: 8, tn: 2, subgroup: 0 },
     weightGrad: { kind: "register", wg: 64, tm: 16, tn: 2, subgroup: 0 },
   },
   "workgroup-memory tiles": {

@@ -14,7 +14,8 @@
 // A workgroup owns TM rows and WG * TN pixels; an invocation keeps TM x TN accumulators.
 // SUBGROUPS: lane l of each subgroup (SG lanes) loads rows k * SG + l, and the subgroup trades
 // them with shuffles, so each lane loads TM / SG rows instead of TM.
-//   defines: WG, TM, TN, SUBGROUPS, SG (TM % SG == 0), HAS_BIAS, BIAS_F16
+//   defines: WG, TM, TN, SUBGROUPS, SG (TM % SG == 0), BIAS_F16. Without a bias the host binds a
+//   dummy and clears `has_bias` (one pipeline fewer to compile).
 #if SUBGROUPS
 enable subgroups;
 #endif
@@ -40,14 +41,13 @@ struct Params {
   w_row4: u32,        // vec4 stride of one row in w
   m_first: u32,       // global row of this pass's row 0 (for the bias)
   accumulate: u32,    // 1: add into dst (a later chunk of channels; no bias then)
-  _pad0: u32,
+  has_bias: u32,
   _pad1: u32,
   _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> w: array<vec4<f32>>;
-#if HAS_BIAS
 #if BIAS_F16
 @group(0) @binding(2) var<storage, read> bias: array<f16>;
 #else
@@ -55,10 +55,6 @@ struct Params {
 #endif
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
-#else
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(3) var<uniform> p: Params;
-#endif
 
 // acc + <(wa, wb), (xa, xb)> over 8 channels. (Two dot products measured faster on lavapipe than
 // a chain of eight fma calls.)
@@ -144,10 +140,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       var v = acc[r * {{TN}}u + t];
       if (p.accumulate != 0u) {
         v += dst[di];
-      } else {
-#if HAS_BIAS
+      } else if (p.has_bias != 0u) {
         v += f32(bias[p.m_first + m]);
-#endif
       }
       dst[di] = v;
     }

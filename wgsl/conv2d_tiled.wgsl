@@ -8,7 +8,8 @@
 //   k = n * out_hw + pixel;  A[m, k] = dy[n, m, pixel];  B[k, col] = x[n, ci, iy, ix] with
 //   col = ci * taps + tap;  C -> dw[m, col].
 // Invocation (tx, ty) of a (WGX, WGY) workgroup owns rows ty + i * WGY and columns tx + j * WGX.
-//   defines: BM, BN, BK, TM, TN, WGX (= BN / TN), WGY (= BM / TM), HAS_BIAS, BIAS_F16,
+//   defines: BM, BN, BK, TM, TN, WGX (= BN / TN), WGY (= BM / TM), BIAS_F16 (a dummy bias is bound
+//            when `has_bias` is 0),
 //            BWD_INPUT, MODE_WGRAD
 #if BIAS_F16
 enable f16;
@@ -34,11 +35,10 @@ struct Params {
   sh: u32, sw: u32, pad_t: u32, pad_l: u32,
   src_off: u32, src_bstride: u32, dst_off: u32, dst_bstride: u32,
   w_base: u32, w_tap_stride: u32, m_pad4: u32, m_first: u32,
-  accumulate: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+  accumulate: u32, has_bias: u32, _pad1: u32, _pad2: u32,
 }
 @group(0) @binding(0) var<storage, read> src: array<f32>;
 @group(0) @binding(1) var<storage, read> wp: array<f32>;
-#if HAS_BIAS
 #if BIAS_F16
 @group(0) @binding(2) var<storage, read> bias: array<f16>;
 #else
@@ -46,10 +46,6 @@ struct Params {
 #endif
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
-#else
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(3) var<uniform> p: Params;
-#endif
 #endif
 
 var<workgroup> tile_a: array<f32, {{BK}} * {{BM}}>;   // [k][m]
@@ -181,10 +177,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       let di = p.dst_off + wid.z * p.dst_bstride + m * p.dst_h * p.dst_w + col;
       if (p.accumulate != 0u) {
         r += dst[di];
-      } else {
-#if HAS_BIAS
+      } else if (p.has_bias != 0u) {
         r += f32(bias[p.m_first + m]);
-#endif
       }
       dst[di] = r;
 #endif

@@ -83,7 +83,7 @@ function convRegister(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tensor 
   while (wg > Math.max(8, t.subgroup) && (wg / 2) * t.tn >= dstPlane) wg /= 2;
   const kernel = g.kernel("conv2d", regSrc, {
     WG: wg, TM: t.tm, TN: t.tn, SUBGROUPS: t.subgroup > 0, SG: t.subgroup || 1,
-    HAS_BIAS: bias !== null, BIAS_F16: bias?.dtype === "f16",
+    BIAS_F16: bias?.dtype === "f16",
   });
   const prep = g.kernel("conv2d_prep", prepSrc, { DILATED: !fwd });
   const srcPlane = v.srcH * v.srcW;
@@ -105,9 +105,9 @@ function convRegister(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tensor 
       pw, v.dstH, v.dstW, convSh,
       convSw, (ph * pw * ccPad) / 4, d.skip, v.m * dstPlane,
       (ps.m0 * cPad + ps.c0) / 4, (mPad * cPad) / 4, cPad / 4, ps.m0,
-      ps.c0 > 0 ? 1 : 0, 0, 0, 0,
+      ps.c0 > 0 ? 1 : 0, bias ? 1 : 0, 0, 0,
     ];
-    const bindings = [prepared.binding(), panels.binding(), ...(bias ? [bias.binding()] : []), d.binding];
+    const bindings = [prepared.binding(), panels.binding(), (bias ?? panels).binding(), d.binding];
     g.dispatch(kernel, bindings, u, [Math.ceil(dstPlane / (wg * t.tn)), Math.ceil(ps.mc / t.tm), ps.nc]);
     prepared.dispose();
   }
@@ -126,7 +126,7 @@ function convTiled(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tensor | n
   const cPad = roundUp(v.c, 4);
   const panels = weightPanels(weight, v, taps, { mPad, cPad, tap: cPad * mPad, row: 1, chan: mPad, flip: false }); // [taps, cPad, mPad]
   const kernel = g.kernel("conv2d_tiled", tiledSrc, {
-    HAS_BIAS: bias !== null, BIAS_F16: bias?.dtype === "f16", BWD_INPUT: mode === "inputGrad", MODE_WGRAD: false, ...sharedDefines(t),
+    BIAS_F16: bias?.dtype === "f16", BWD_INPUT: mode === "inputGrad", MODE_WGRAD: false, ...sharedDefines(t),
   });
   const srcPlane = v.srcH * v.srcW;
   const dstPlane = v.dstH * v.dstW;
@@ -141,9 +141,9 @@ function convTiled(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tensor | n
       geo.sh, geo.sw, geo.pt, geo.pl,
       s.skip, v.c * srcPlane, d.skip, v.m * dstPlane,
       (ps.c0 * mPad + ps.m0) / 4, (cPad * mPad) / 4, mPad / 4, ps.m0,
-      ps.c0 > 0 ? 1 : 0, 0, 0, 0,
+      ps.c0 > 0 ? 1 : 0, bias ? 1 : 0, 0, 0,
     ];
-    const bindings = [s.binding, panels.binding(), ...(bias ? [bias.binding()] : []), d.binding];
+    const bindings = [s.binding, panels.binding(), (bias ?? panels).binding(), d.binding];
     g.dispatch(kernel, bindings, u, [Math.ceil(dstPlane / t.bn), Math.ceil(ps.mc / t.bm), ps.nc]);
   }
   panels.dispose();
@@ -163,7 +163,7 @@ export function convWeightGrad(dy: Tensor, x: Tensor, geo: ConvGeometry): Tensor
   const outPlane = geo.ho * geo.wo;
   const kernel = tiles.kind === "register"
     ? g.kernel("conv2d_wgrad", wgradSrc, { WG: tiles.wg, TM4: tiles.tm / 4, TN: tiles.tn, NACC: (tiles.tm / 4) * tiles.tn })
-    : g.kernel("conv2d_tiled", tiledSrc, { HAS_BIAS: false, BIAS_F16: false, BWD_INPUT: false, MODE_WGRAD: true, ...sharedDefines(tiles) });
+    : g.kernel("conv2d_tiled", tiledSrc, { BIAS_F16: false, BWD_INPUT: false, MODE_WGRAD: true, ...sharedDefines(tiles) });
   const rowTile = tiles.kind === "register" ? tiles.tm : 4;
   // Windows: dy (rows = Cout planes of outPlane) and x (channels = Cin planes of inPlane) per image.
   const passes = planPasses(geo.n, geo.cout, geo.cin, inPlane, outPlane, rowTile, 1, "conv2d weight gradient");

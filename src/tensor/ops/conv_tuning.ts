@@ -71,7 +71,8 @@ function withSubgroups(g: Gpu, t: ConvTuning): ConvTuning {
   if (f.kind !== "register" || !f.subgroup) return t;
   const info = g.adapter.info as unknown as { subgroupMinSize?: number; subgroupMaxSize?: number };
   const fixed = g.hasSubgroups && info.subgroupMinSize === f.subgroup && info.subgroupMaxSize === f.subgroup;
-  return fixed ? t : { ...t, forward: { ...f, subgroup: 0 } };
+  // Without subgroups every lane loads all TM weight rows: fewer rows keep the kernel small.
+  return fixed ? t : { ...t, forward: { ...f, tm: 8, subgroup: 0 } };
 }
 
 /** Force tile shapes (benchmarks and tests of both variants); `null` restores the per-adapter choice. */
