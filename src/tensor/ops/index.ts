@@ -8,6 +8,7 @@ export * from "./views.ts";
 export * from "./matmul.ts";
 export * from "./conv.ts";
 export * from "./norm.ts";
+export * from "./softmax.ts";
 export * from "./attention.ts";
 export * from "./layout.ts";
 export * from "./embedding.ts";

@@ -1,2 +1,241 @@
-// Filled in by the norm op family.
-export {};
+// Group normalisation (optionally fused with SiLU) and layer normalisation, forward and backward side
+// by side. Statistics are two-pass in f32; the backward recomputes xhat from the saved (mean, rstd).
+// Affine parameters must be f32 (loaders cast f16 norm parameters: they are tiny).
+import src from "../../../wgsl/norm.wgsl" with { type: "text" };
+import { gpu, type GpuBinding, type Uniforms } from "../../gpu/device.ts";
+import { record } from "../autograd.ts";
+import { Tensor, numel, shapeStr } from "../tensor.ts";
+
+const GN_WG = 256;
+const LN_WG = 64;
+/** Rows per chunk of the layer-norm parameter-gradient partial sums. */
+const LN_PARAM_ROWS = 256;
+
+function normParams(groups: number, C: number, S: number, G: number, cg: number, n0: number, rows: number, eps: number): Uniforms {
+  return ["uuuuuuuf", groups, C, S, G, cg, n0, rows, eps];
+}
+
+function checkParam(op: string, name: string, t: Tensor, len: number, x: Tensor): void {
+  if (t.dtype !== "f32") throw new Error(`${op}: ${name} must be f32, got ${t.dtype} ${shapeStr(t.shape)}`);
+  if (t.size !== len) throw new Error(`${op}: ${name} ${shapeStr(t.shape)} does not match input ${shapeStr(x.shape)} (needs ${len} values)`);
+}
+
+/**
+ * Split `n` samples of `bytesPer` bytes each into windows that fit one storage binding. Windows
+ * after the first start at a byte offset that must meet the adapter's offset alignment.
+ */
+function sampleWindows(op: string, n: number, bytesPer: number): [start: number, count: number][] {
+  const g = gpu();
+  if (bytesPer > g.maxBinding) {
+    throw new Error(`${op}: one sample is ${bytesPer} bytes, over the ${g.maxBinding}-byte storage binding limit`);
+  }
+  const per = Math.max(1, Math.floor(g.maxBinding / Math.max(bytesPer, 1)));
+  if (per >= n) return [[0, n]];
+  const align = g.limits.minStorageBufferOffsetAlignment ?? 256;
+  if (bytesPer % align !== 0) {
+    throw new Error(`${op}: input of ${n} samples x ${bytesPer} bytes needs windows, but ${bytesPer} is not a multiple of ${align}`);
+  }
+  const out: [number, number][] = [];
+  for (let s = 0; s < n; s += per) out.push([s, Math.min(per, n - s)]);
+  return out;
+}
+
+function windowOf(t: Tensor, start: number, count: number, bytesPer: number): GpuBinding {
+  return { buffer: t.buffer, offset: start * bytesPer, size: Math.max(4, count * bytesPer) };
+}
+
+// ---------------------------------------------------------------------------------------- group norm
+
+export interface GroupNormOptions {
+  /** Apply SiLU after the affine transform (out = silu(norm(x) * w + b)), as diffusers' resnets do. */
+  silu?: boolean;
+}
+
+/**
+ * Group normalisation of x [N, C, ...spatial] over `numGroups` groups of C/numGroups channels,
+ * with a per-channel affine (weight, bias [C]) and an optional fused SiLU. Gradients flow to x,
+ * weight and bias (each only when required).
+ */
+export function groupNorm(x: Tensor, numGroups: number, weight: Tensor, bias: Tensor, eps = 1e-5, opts: GroupNormOptions = {}): Tensor {
+  const op = "groupNorm";
+  if (x.dtype !== "f32") throw new Error(`${op}: expects f32 input, got ${x.dtype} ${shapeStr(x.shape)}`);
+  if (x.rank < 2) throw new Error(`${op}: input ${shapeStr(x.shape)} needs at least [N, C]`);
+  const [N, C] = x.shape;
+  const S = numel(x.shape.slice(2));
+  if (!Number.isInteger(numGroups) || numGroups < 1 || C % numGroups !== 0) {
+    throw new Error(`${op}: ${C} channels of input ${shapeStr(x.shape)} do not split into ${numGroups} groups`);
+  }
+  checkParam(op, "weight", weight, C, x);
+  checkParam(op, "bias", bias, C, x);
+  const G = numGroups;
+  const cg = C / G;
+  const silu = opts.silu === true;
+  const vec4 = S % 4 === 0;
+  const unit = vec4 ? 4 : 1;
+  const bytesPer = C * S * 4;
+  const g = gpu();
+  const out = Tensor.empty(x.shape, "f32", silu ? "groupNormSilu" : "groupNorm");
+  const stats = Tensor.empty([N, G, 2], "f32", "groupNorm.stats"); // (mean, rstd) per (n, g)
+  if (x.size > 0) {
+    const k = g.kernel("norm_fwd", src, { NORM_FWD: true, WG: GN_WG, VEC4: vec4, SILU: silu });
+    for (const [n0, cnt] of sampleWindows(op, N, bytesPer)) {
+      const groups = cnt * G;
+      g.dispatch(
+        k,
+        [windowOf(x, n0, cnt, bytesPer), weight.binding(), bias.binding(), windowOf(out, n0, cnt, bytesPer), stats.binding()],
+        normParams(groups, C, S / unit, G, cg, n0, 0, eps),
+        g.grid(groups),
+      );
+    }
+  }
+  const res = record(out, op, [x, weight, bias], [x, weight, bias, stats], (dout, [sx, sw, sb, st], needs) => {
+    const grads: (Tensor | null)[] = [null, null, null];
+    if (needs[0]) grads[0] = groupNormBackwardX(sx, dout, sw, sb, st, G, silu);
+    if (needs[1] || needs[2]) {
+      const [dw, db] = groupNormBackwardParams(sx, dout, sw, sb, st, G, silu);
+      if (needs[1]) grads[1] = dw;
+      else dw.dispose();
+      if (needs[2]) grads[2] = db;
+      else db.dispose();
+    }
+    return grads;
+  });
+  stats.dispose();
+  return res;
+}
+
+/** dL/dx of group norm; `stats` [N, G, 2] from the forward. */
+function groupNormBackwardX(x: Tensor, dout: Tensor, weight: Tensor, bias: Tensor, stats: Tensor, G: number, silu: boolean): Tensor {
+  const [N, C] = x.shape;
+  const S = numel(x.shape.slice(2));
+  const vec4 = S % 4 === 0;
+  const bytesPer = C * S * 4;
+  const g = gpu();
+  const dx = Tensor.empty(x.shape, "f32", "groupNorm.dx");
+  if (x.size === 0) return dx;
+  const k = g.kernel("norm_bwd_x", src, { NORM_BWD_X: true, WG: GN_WG, VEC4: vec4, SILU: silu });
+  for (const [n0, cnt] of sampleWindows("groupNorm backward", N, bytesPer)) {
+    const groups = cnt * G;
+    g.dispatch(
+      k,
+      [windowOf(x, n0, cnt, bytesPer), windowOf(dout, n0, cnt, bytesPer), weight.binding(), bias.binding(), stats.binding(), windowOf(dx, n0, cnt, bytesPer)],
+      normParams(groups, C, S / (vec4 ? 4 : 1), G, C / G, n0, 0, 0),
+      g.grid(groups),
+    );
+  }
+  return dx;
+}
+
+/** dL/dweight and dL/dbias [C] of group norm. */
+function groupNormBackwardParams(x: Tensor, dout: Tensor, weight: Tensor, bias: Tensor, stats: Tensor, G: number, silu: boolean): [Tensor, Tensor] {
+  const [N, C] = x.shape;
+  const S = numel(x.shape.slice(2));
+  const vec4 = S % 4 === 0;
+  const bytesPer = C * S * 4;
+  const g = gpu();
+  const partial = Tensor.empty([N, C, 2], "f32", "groupNorm.partial"); // (sum dy, sum dy*xhat) per (n, c)
+  if (x.size > 0) {
+    const k = g.kernel("gn_bwd_partial", src, { GN_BWD_PARTIAL: true, WG: GN_WG, VEC4: vec4, SILU: silu });
+    for (const [n0, cnt] of sampleWindows("groupNorm backward", N, bytesPer)) {
+      const groups = cnt * C;
+      g.dispatch(
+        k,
+        [windowOf(x, n0, cnt, bytesPer), windowOf(dout, n0, cnt, bytesPer), weight.binding(), bias.binding(), stats.binding(), partial.binding()],
+        normParams(groups, C, S / (vec4 ? 4 : 1), G, C / G, n0, 0, 0),
+        g.grid(groups),
+      );
+    }
+  }
+  const res = reduceParamPartials(partial, x.size > 0 ? N : 0, C, weight.shape);
+  partial.dispose();
+  return res;
+}
+
+/** Sum partial [rows, C, 2] over rows into (dweight, dbias), both shaped `paramShape`. */
+function reduceParamPartials(partial: Tensor, rows: number, C: number, paramShape: readonly number[]): [Tensor, Tensor] {
+  const g = gpu();
+  const dw = Tensor.empty(paramShape, "f32", "norm.dweight");
+  const db = Tensor.empty(paramShape, "f32", "norm.dbias");
+  const k = g.kernel("norm_param_reduce", src, { PARAM_REDUCE: true, WG: 64 });
+  g.dispatch(k, [partial.binding(), dw.binding(), db.binding()], normParams(0, C, 0, 0, 0, 0, rows, 0), g.grid(Math.ceil(C / 64)));
+  return [dw, db];
+}
+
+// ---------------------------------------------------------------------------------------- layer norm
+
+/** Layer normalisation over the last dim of x [..., D] with per-element affine weight, bias [D]. */
+export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps = 1e-5): Tensor {
+  const op = "layerNorm";
+  if (x.dtype !== "f32") throw new Error(`${op}: expects f32 input, got ${x.dtype} ${shapeStr(x.shape)}`);
+  if (x.rank < 1) throw new Error(`${op}: input ${shapeStr(x.shape)} has no last dim`);
+  const D = x.shape[x.rank - 1];
+  const R = D === 0 ? 0 : x.size / D;
+  checkParam(op, "weight", weight, D, x);
+  checkParam(op, "bias", bias, D, x);
+  const vec4 = D % 4 === 0;
+  const unit = vec4 ? 4 : 1;
+  const g = gpu();
+  const out = Tensor.empty(x.shape, "f32", op);
+  const stats = Tensor.empty([R, 2], "f32", "layerNorm.stats"); // (mean, rstd) per row
+  if (x.size > 0) {
+    const k = g.kernel("norm_fwd", src, { NORM_FWD: true, WG: LN_WG, VEC4: vec4, AFFINE_PER_ELEMENT: true });
+    for (const [r0, cnt] of sampleWindows(op, R, D * 4)) {
+      g.dispatch(
+        k,
+        [windowOf(x, r0, cnt, D * 4), weight.binding(), bias.binding(), windowOf(out, r0, cnt, D * 4), stats.binding()],
+        normParams(cnt, D / unit, 1, 1, D / unit, r0, 0, eps),
+        g.grid(cnt),
+      );
+    }
+  }
+  const res = record(out, op, [x, weight, bias], [x, weight, bias, stats], (dout, [sx, sw, sb, st], needs) => {
+    const grads: (Tensor | null)[] = [null, null, null];
+    if (needs[0]) grads[0] = layerNormBackwardX(sx, dout, sw, sb, st);
+    if (needs[1] || needs[2]) {
+      const [dw, db] = layerNormBackwardParams(sx, dout, st, sw.shape);
+      if (needs[1]) grads[1] = dw;
+      else dw.dispose();
+      if (needs[2]) grads[2] = db;
+      else db.dispose();
+    }
+    return grads;
+  });
+  stats.dispose();
+  return res;
+}
+
+function layerNormBackwardX(x: Tensor, dout: Tensor, weight: Tensor, bias: Tensor, stats: Tensor): Tensor {
+  const D = x.shape[x.rank - 1];
+  const R = D === 0 ? 0 : x.size / D;
+  const vec4 = D % 4 === 0;
+  const unit = vec4 ? 4 : 1;
+  const g = gpu();
+  const dx = Tensor.empty(x.shape, "f32", "layerNorm.dx");
+  if (x.size === 0) return dx;
+  const k = g.kernel("norm_bwd_x", src, { NORM_BWD_X: true, WG: LN_WG, VEC4: vec4, AFFINE_PER_ELEMENT: true });
+  for (const [r0, cnt] of sampleWindows("layerNorm backward", R, D * 4)) {
+    g.dispatch(
+      k,
+      [windowOf(x, r0, cnt, D * 4), windowOf(dout, r0, cnt, D * 4), weight.binding(), bias.binding(), stats.binding(), windowOf(dx, r0, cnt, D * 4)],
+      normParams(cnt, D / unit, 1, 1, D / unit, r0, 0, 0),
+      g.grid(cnt),
+    );
+  }
+  return dx;
+}
+
+function layerNormBackwardParams(x: Tensor, dout: Tensor, stats: Tensor, paramShape: readonly number[]): [Tensor, Tensor] {
+  const D = x.shape[x.rank - 1];
+  const R = D === 0 ? 0 : x.size / D;
+  const g = gpu();
+  if (x.byteLength > g.maxBinding) throw new Error(`layerNorm backward: input ${shapeStr(x.shape)} exceeds the storage binding limit`);
+  const chunks = Math.max(1, Math.ceil(R / LN_PARAM_ROWS));
+  const partial = Tensor.empty([chunks, D, 2], "f32", "layerNorm.partial"); // (sum dy, sum dy*xhat) per (chunk, column)
+  if (R > 0) {
+    const k = g.kernel("ln_bwd_partial", src, { LN_BWD_PARTIAL: true, WG: 64 });
+    g.dispatch(k, [x.binding(), dout.binding(), stats.binding(), partial.binding()], normParams(R, D, 1, 1, D, 0, LN_PARAM_ROWS, 0), [Math.ceil(D / 64), chunks, 1]);
+  }
+  const res = reduceParamPartials(partial, R > 0 ? chunks : 0, D, paramShape);
+  partial.dispose();
+  return res;
+}
