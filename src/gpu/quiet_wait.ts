@@ -8,11 +8,11 @@
 // about once per millisecond instead.
 
 let depth = 0;
-let original: typeof globalThis.setImmediate | null = null;
+let original: typeof globalThis.setImmediate | undefined;
 
 /** Run `start` (which begins a Dawn async operation) and await it with throttled event polling. */
 export async function quietly<T>(start: () => Promise<T>, pollMs = 1): Promise<T> {
-  const g = globalThis as { setImmediate: typeof globalThis.setImmediate };
+  const g = globalThis as { setImmediate?: typeof globalThis.setImmediate };
   if (depth++ === 0) {
     original = g.setImmediate;
     const throttled = (cb: (...args: unknown[]) => void, ...args: unknown[]) => setTimeout(cb, pollMs, ...args);
@@ -21,9 +21,10 @@ export async function quietly<T>(start: () => Promise<T>, pollMs = 1): Promise<T
   try {
     return await start();
   } finally {
-    if (--depth === 0 && original) {
-      g.setImmediate = original;
-      original = null;
+    if (--depth === 0) {
+      if (original) g.setImmediate = original;
+      else delete g.setImmediate; // a runtime without setImmediate gets none back
+      original = undefined;
     }
   }
 }
