@@ -28,7 +28,11 @@ fn store_out(base: u32, c: u32, val: vec4<f32>) {
 
 @compute @workgroup_size(8)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+#if SUBGROUPS
+        @builtin(subgroup_invocation_id) lane: u32) {
+#else
         @builtin(local_invocation_index) lane: u32) {
+#endif
   let wg = wid.y * nwg.x + wid.x;
   let bh = wg / p.blocks;
   if (bh >= p.B * p.H) { return; }

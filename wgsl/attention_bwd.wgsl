@@ -38,7 +38,11 @@ fn store_dq(base: u32, c: u32, val: vec4<f32>) {
 
 @compute @workgroup_size(8)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+#if SUBGROUPS
+        @builtin(subgroup_invocation_id) lane: u32) {
+#else
         @builtin(local_invocation_index) lane: u32) {
+#endif
   let wg = wid.y * nwg.x + wid.x;
   let bh = wg / p.blocks;
   if (bh >= p.B * p.H) { return; }
@@ -172,7 +176,11 @@ fn store_dv(base: u32, c: u32, val: vec4<f32>) {
 
 // Grid: x = (batch, head, key tile) flattened, y = query chunk.
 @compute @workgroup_size(8)
+#if SUBGROUPS
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+#else
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+#endif
   let bh = wid.x / p.blocks;
   if (bh >= p.B * p.H) { return; }
   let b = bh / p.H;

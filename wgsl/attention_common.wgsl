@@ -18,7 +18,9 @@
 // layouts both work without permutes; the head dim is contiguous. Causal masking (p.causal != 0)
 // is top-left aligned: query i sees keys j <= i.
 // defines: D (head dim), D4 = ceil(D / 4), R, KPL, T, VEC4 (D % 4 == 0: rows read as vec4),
-//          SUBGROUPS (lane exchanges by subgroup operations; otherwise through workgroup memory),
+//          SUBGROUPS (lane exchanges by subgroup operations, lane = subgroup_invocation_id: a workgroup
+//          of 8 is one subgroup when subgroups have at least 8 lanes; otherwise through workgroup
+//          memory, lane = local_invocation_index),
 //          HAS_DO (the kernel binds dout)
 #if SUBGROUPS
 enable subgroups;
