@@ -31,6 +31,17 @@ export class Prng {
     for (let i = 0; i < 12; i++) this.nextU32();
   }
 
+  /** The generator's state, for checkpoints (restore with `Prng.fromState`). */
+  state(): [number, number, number, number] {
+    return [this.a, this.b, this.c, this.d];
+  }
+
+  static fromState(s: readonly number[]): Prng {
+    const p = new Prng(0);
+    [p.a, p.b, p.c, p.d] = s.map((v) => v >>> 0);
+    return p;
+  }
+
   /** Uniform 32-bit unsigned integer (sfc32). */
   nextU32(): number {
     const t = (((this.a + this.b) >>> 0) + this.d) >>> 0;

@@ -27,16 +27,19 @@ export interface IP2PModels {
 export interface LoadModelOptions {
   /** diffusers weight variant, e.g. "fp16" (kept f16 on the GPU where supported). */
   variant?: string;
+  /** Keep the frozen UNet/VAE matrices in f16 on the GPU whatever the file's dtype (mixed precision). */
+  f16Weights?: boolean;
 }
 
 /** Build the module trees from a diffusers folder and load their weights (strict). */
 export function loadIP2P(dir: string, opts: LoadModelOptions = {}): IP2PModels {
   const config = loadPipelineConfig(dir);
-  const keepF16 = opts.variant === "fp16";
+  const keepF16 = opts.variant === "fp16" || Boolean(opts.f16Weights);
+  const castF16 = Boolean(opts.f16Weights);
   const unet = new UNet2DConditionModel(config.unet);
-  loadWeights(unet, resolveWeightFiles(join(dir, "unet"), { variant: opts.variant }), { keepF16 });
+  loadWeights(unet, resolveWeightFiles(join(dir, "unet"), { variant: opts.variant }), { keepF16, castF16 });
   const vae = new AutoencoderKL(config.vae);
-  loadWeights(vae, resolveWeightFiles(join(dir, "vae"), { variant: variantIfPresent(join(dir, "vae"), opts.variant) }), { keepF16 });
+  loadWeights(vae, resolveWeightFiles(join(dir, "vae"), { variant: variantIfPresent(join(dir, "vae"), opts.variant) }), { keepF16, castF16 });
   const textEncoder = new CLIPTextModel(config.textEncoder);
   loadWeights(textEncoder, resolveWeightFiles(join(dir, "text_encoder"), { variant: variantIfPresent(join(dir, "text_encoder"), opts.variant) }), {
     ignore: CLIPTextModel.IGNORED_KEYS,

@@ -14,6 +14,8 @@ export interface LoadOptions {
    * every weight is converted to f32 on upload.
    */
   keepF16?: boolean;
+  /** Store F32 matmul/conv weights as f16 on the GPU too (mixed precision for frozen weights). */
+  castF16?: boolean;
   /** Keys present in files that the model does not use (e.g. CLIP's `position_ids` buffer). */
   ignore?: readonly string[];
 }
@@ -42,8 +44,11 @@ export function loadWeights(module: Module, files: readonly string[], opts: Load
       const src = where.get(key)!;
       const info = src.file.info(src.name);
       p.tensor?.dispose();
-      if (f16ok && info.dtype === "F16" && (p.role === "matmul" || p.role === "conv")) {
+      const matrix = p.role === "matmul" || p.role === "conv";
+      if (f16ok && info.dtype === "F16" && matrix) {
         p.tensor = Tensor.from(src.file.readTensor(src.name) as Uint16Array, p.shape, "f16", key).keep();
+      } else if (opts.castF16 && gpu().hasF16 && matrix) {
+        p.tensor = Tensor.from(f32ArrayToF16(src.file.toF32(src.name)), p.shape, "f16", key).keep();
       } else {
         p.tensor = Tensor.from(src.file.toF32(src.name), p.shape, "f32", key).keep();
       }

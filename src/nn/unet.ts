@@ -1,6 +1,7 @@
 // diffusers' UNet2DConditionModel (the SD-1.x / InstructPix2Pix family), config-driven.
 import type { Tensor } from "../tensor/tensor.ts";
 import * as ops from "../tensor/ops/index.ts";
+import { checkpoint, isGradEnabled } from "../tensor/autograd.ts";
 import { Module, ModuleList } from "./module.ts";
 import { Conv2d, GroupNorm, Linear } from "./layers.ts";
 import { Downsample2D, ResnetBlock2D, Upsample2D } from "./resnet.ts";
@@ -26,6 +27,16 @@ class TimestepEmbedding extends Module {
 interface BlockContext {
   tembSilu: Tensor;
   context: Tensor;
+  /** Recompute each resnet / transformer during backward instead of keeping its activations. */
+  checkpointing: boolean;
+}
+
+function runResnet(r: ResnetBlock2D, h: Tensor, c: BlockContext): Tensor {
+  return c.checkpointing ? checkpoint((x) => r.forward(x, c.tembSilu), [h], "resnet") : r.forward(h, c.tembSilu);
+}
+
+function runTransformer(t: Transformer2DModel, h: Tensor, c: BlockContext): Tensor {
+  return c.checkpointing ? checkpoint((x) => t.forward(x, c.context), [h], "transformer") : t.forward(h, c.context);
 }
 
 /** DownBlock2D / CrossAttnDownBlock2D. */
@@ -46,8 +57,8 @@ class DownBlock extends Module {
     const states: Tensor[] = [];
     let h = x;
     this.resnets.items.forEach((r, i) => {
-      h = r.forward(h, c.tembSilu);
-      if (this.attentions) h = this.attentions.items[i].forward(h, c.context);
+      h = runResnet(r, h, c);
+      if (this.attentions) h = runTransformer(this.attentions.items[i], h, c);
       states.push(h);
     });
     if (this.downsamplers) {
@@ -76,8 +87,8 @@ class UpBlock extends Module {
     let h = x;
     this.resnets.items.forEach((r, i) => {
       const skip = skips.pop()!;
-      h = r.forward(ops.concat([h, skip], 1), c.tembSilu);
-      if (this.attentions) h = this.attentions.items[i].forward(h, c.context);
+      h = runResnet(r, ops.concat([h, skip], 1), c);
+      if (this.attentions) h = runTransformer(this.attentions.items[i], h, c);
     });
     if (this.upsamplers) h = this.upsamplers.items[0].forward(h, upSize);
     return h;
@@ -94,10 +105,10 @@ class MidBlockCrossAttn extends Module {
     this.resnets = this.child("resnets", new ModuleList(resnets));
   }
   forward(x: Tensor, c: BlockContext): Tensor {
-    let h = this.resnets.items[0].forward(x, c.tembSilu);
+    let h = runResnet(this.resnets.items[0], x, c);
     this.attentions.items.forEach((a, i) => {
-      h = a.forward(h, c.context);
-      h = this.resnets.items[i + 1].forward(h, c.tembSilu);
+      h = runTransformer(a, h, c);
+      h = runResnet(this.resnets.items[i + 1], h, c);
     });
     return h;
   }
@@ -112,6 +123,8 @@ export class UNet2DConditionModel extends Module {
   readonly conv_norm_out: GroupNorm;
   readonly conv_out: Conv2d;
   readonly timeProjDim: number;
+  /** Gradient checkpointing of every resnet and transformer block while training. */
+  gradientCheckpointing = false;
   /** Called with (module path, output) after each top-level block (tests compare intermediates). */
   onIntermediate: ((path: string, t: Tensor) => void) | null = null;
 
@@ -208,7 +221,7 @@ export class UNet2DConditionModel extends Module {
     hook?.("time_proj", tProj);
     const temb = this.time_embedding.forward(tProj); // [B, tembDim]
     hook?.("time_embedding", temb);
-    const ctx: BlockContext = { tembSilu: ops.silu(temb), context: encoderHiddenStates };
+    const ctx: BlockContext = { tembSilu: ops.silu(temb), context: encoderHiddenStates, checkpointing: this.gradientCheckpointing && isGradEnabled() };
 
     let h = this.conv_in.forward(sample);
     hook?.("conv_in", h);
