@@ -127,6 +127,31 @@ describe("attention, longer sequences (analytic float64 backward)", () => {
     await checkAgainstAnalytic({ B: 2, H: 2, Lq: 256, Lk: 77, d: 8 }, 71, "cross");
   }, 60_000);
 
+  test("self-attention at 64x64-latent length (4096 x 4096, d 40): sampled rows vs float64", async () => {
+    const L = 4096, d = 40;
+    const q = randn(L * d, 131, 0.6), k = randn(L * d, 132, 0.6), v = randn(L * d, 133);
+    const y = ops.attention(toGpu(q, [1, 1, L, d]), toGpu(k, [1, 1, L, d]), toGpu(v, [1, 1, L, d]));
+    const got = await y.read();
+    const rows = [0, 1, 7, 8, 1000, 2047, 2048, 4095];
+    const want = new Float64Array(rows.length * d);
+    const gotRows = new Float64Array(rows.length * d);
+    const s = new Float64Array(L);
+    rows.forEach((i, n) => {
+      let m = -Infinity;
+      for (let j = 0; j < L; j++) {
+        let dot = 0;
+        for (let c = 0; c < d; c++) dot += q[i * d + c] * k[j * d + c];
+        s[j] = dot / Math.sqrt(d);
+        m = Math.max(m, s[j]);
+      }
+      let sum = 0;
+      for (let j = 0; j < L; j++) sum += (s[j] = Math.exp(s[j] - m));
+      for (let j = 0; j < L; j++) for (let c = 0; c < d; c++) want[n * d + c] += (s[j] / sum) * v[j * d + c];
+      for (let c = 0; c < d; c++) gotRows[n * d + c] = got[i * d + c];
+    });
+    expectClose(gotRows, want, FWD, "4096x4096");
+  }, 60_000);
+
   test("memory stays O(L * d): 2048 x 2048 allocates far less than one [Lq, Lk] matrix", async () => {
     const L = 2048, d = 8;
     const pool = gpu().pool;
