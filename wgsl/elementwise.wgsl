@@ -1,22 +1,31 @@
 // Elementwise kernels, specialised by defines:
-//   UNARY (out = EXPR(a)), binary otherwise (out = EXPR(a, b)); BROADCAST (numpy broadcasting of
-//   the inputs to the output shape); KIND_FILL (out = p.s0)
-//   EXPR  a WGSL expression of `a` (and `b`, and the uniforms `p.s0`, `p.s1`)
-// One thread per element; the grid may be 2-D when a dispatch exceeds the per-dimension limit.
+//   T          element type: f32, or vec4<f32> for same-shape maps over a multiple of 4 values
+//              (each storage access moves 4 values; on CPU adapters loads dominate).
+//   UNARY      out = EXPR(a); binary otherwise: out = EXPR(a, b)
+//   BROADCAST  numpy broadcasting of the inputs to the output shape (T = f32; RANK dims)
+//   KIND_FILL  out = p.s0
+//   GEGLU / GEGLU_BWD  diffusers' gated GELU over rows of 2I values and its backward
+//   EXPR       a WGSL expression of `a` (and `b`, and the uniforms `p.s0`, `p.s1`) of type T; wrap
+//              scalars passed to builtins in T(…) so one expression serves both element types.
+// One thread per element (per vec4 for T = vec4<f32>); the grid may be 2-D when a dispatch exceeds
+// the per-dimension limit.
+
+alias T = {{T}};
 
 struct Params {
+  // Elements (vec4s when T = vec4<f32>) to process.
   n: u32,
   rank: u32,
   s0: f32,
   s1: f32,
-  // Broadcasting (KIND 3): output dims and the input strides (0 where broadcast), 8 dims max.
+  // Broadcasting: output dims and the input strides (0 where broadcast), 8 dims max.
   dims: array<vec4<u32>, 2>,
   stride_a: array<vec4<u32>, 2>,
   stride_b: array<vec4<u32>, 2>,
 }
 
 #if KIND_FILL
-@group(0) @binding(0) var<storage, read_write> out: array<f32>;
+@group(0) @binding(0) var<storage, read_write> out: array<T>;
 @group(0) @binding(1) var<uniform> p: Params;
 #else
 #if GEGLU
@@ -32,13 +41,13 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
 #else
-@group(0) @binding(0) var<storage, read> in_a: array<f32>;
+@group(0) @binding(0) var<storage, read> in_a: array<T>;
 #if UNARY
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<T>;
 @group(0) @binding(2) var<uniform> p: Params;
 #else
-@group(0) @binding(1) var<storage, read> in_b: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> in_b: array<T>;
+@group(0) @binding(2) var<storage, read_write> out: array<T>;
 @group(0) @binding(3) var<uniform> p: Params;
 #endif
 #endif
@@ -49,28 +58,28 @@ fn dim_at(v: array<vec4<u32>, 2>, d: u32) -> u32 {
   return v[d / 4u][d % 4u];
 }
 
-fn erf_approx(x: f32) -> f32 {
-  // Abramowitz-Stegun 7.1.26 is too coarse (1.5e-7 relative is needed); use a rational
-  // approximation with max error ~1.2e-7 (W. J. Cody style via erfc for large |x|).
+// erf via the complementary error function's rational approximation (Numerical Recipes' erfcc,
+// fractional error < 1.2e-7).
+fn erf_approx(x: T) -> T {
   let ax = abs(x);
   let t = 1.0 / (1.0 + 0.5 * ax);
   let y = t * exp(-ax * ax - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
           t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
           t * (-0.82215223 + t * 0.17087277)))))))));
-  return select(y - 1.0, 1.0 - y, x >= 0.0);
+  return select(y - 1.0, 1.0 - y, x >= T(0.0));
 }
 
-fn gelu(x: f32) -> f32 {
+fn gelu(x: T) -> T {
   return 0.5 * x * (1.0 + erf_approx(x * 0.7071067811865476));
 }
 
-fn gelu_grad(x: f32) -> f32 {
+fn gelu_grad(x: T) -> T {
   let cdf = 0.5 * (1.0 + erf_approx(x * 0.7071067811865476));
   let pdf = 0.3989422804014327 * exp(-0.5 * x * x);
   return cdf + x * pdf;
 }
 
-fn sigmoid(x: f32) -> f32 {
+fn sigmoid(x: T) -> T {
   return 1.0 / (1.0 + exp(-x));
 }
 
@@ -80,7 +89,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let i = (wid.y * nwg.x + wid.x) * 256u + lid;
   if (i >= p.n) { return; }
 #if KIND_FILL
-  out[i] = p.s0;
+  out[i] = T(p.s0);
 #else
 #if GEGLU
   let half = p.rank;

@@ -18,19 +18,20 @@ function checkF32(op: string, ...ts: Tensor[]): void {
 }
 
 /**
- * Run a same-shape elementwise kernel over `n` elements, split into windows of at most the binding
- * limit (offsets aligned to 256 bytes).
+ * Run a same-shape elementwise kernel over every element of `out`, split into windows of at most the
+ * binding limit (offsets aligned to 256 bytes). Sizes that are a multiple of 4 run on vec4s.
  */
 function runWindowed(kernelName: string, defines: Record<string, string | number | boolean>, inputs: Tensor[], out: Tensor, s0 = 0, s1 = 0): void {
   const g = gpu();
-  const k = g.kernel(kernelName, src, defines);
   const n = out.size;
+  const vec = n % 4 === 0;
+  const k = g.kernel(kernelName + (vec ? "_v4" : ""), src, { ...defines, T: vec ? "vec4<f32>" : "f32" });
   const maxElems = Math.floor(g.maxBinding / 1024) * 256;
-  for (let start = 0; start < n || (n === 0 && start === 0); start += maxElems) {
+  for (let start = 0; start < n; start += maxElems) {
     const count = Math.min(maxElems, n - start);
-    if (count <= 0) break;
-    const bind = (t: Tensor) => ({ buffer: t.buffer, offset: start * 4, size: Math.ceil(count * 4 / 4) * 4 });
-    g.dispatch(k, [...inputs.map(bind), bind(out)], params(count, s0, s1), g.grid(Math.ceil(count / WG)));
+    const bind = (t: Tensor) => ({ buffer: t.buffer, offset: start * 4, size: count * 4 });
+    const items = vec ? count / 4 : count;
+    g.dispatch(k, [...inputs.map(bind), bind(out)], params(items, s0, s1), g.grid(Math.ceil(items / WG)));
   }
 }
 
@@ -63,7 +64,7 @@ const UNARY: Record<string, UnaryDef> = {
   sqrt: { expr: "sqrt(a)", grad: "b * 0.5 / sqrt(a)" },
   square: { expr: "a * a", grad: "b * 2.0 * a" },
   abs: { expr: "abs(a)", grad: "b * sign(a)" },
-  relu: { expr: "max(a, 0.0)", grad: "select(0.0, b, a > 0.0)" },
+  relu: { expr: "max(a, T(0.0))", grad: "select(T(0.0), b, a > T(0.0))" },
   sigmoid: { expr: "sigmoid(a)", grad: "b * sigmoid(a) * (1.0 - sigmoid(a))" },
   tanh: { expr: "tanh(a)", grad: "b * (1.0 - tanh(a) * tanh(a))" },
   silu: { expr: "a * sigmoid(a)", grad: "b * sigmoid(a) * (1.0 + a * (1.0 - sigmoid(a)))" },
@@ -75,7 +76,7 @@ const UNARY: Record<string, UnaryDef> = {
   // scale and shift by uniforms: a * s0 + s1
   affine: { expr: "a * p.s0 + p.s1", grad: "b * p.s0" },
   // clamp to [s0, s1]; the gradient passes where the input is inside
-  clamp: { expr: "clamp(a, p.s0, p.s1)", grad: "select(0.0, b, a >= p.s0 && a <= p.s1)" },
+  clamp: { expr: "clamp(a, T(p.s0), T(p.s1))", grad: "select(T(0.0), b, (a >= T(p.s0)) & (a <= T(p.s1)))" },
 };
 
 function unary(name: keyof typeof UNARY, a: Tensor, s0 = 0, s1 = 0): Tensor {
@@ -126,7 +127,7 @@ export function binaryMap(name: string, expr: string, a: Tensor, b: Tensor, s0 =
   const out = Tensor.empty(shape, "f32", name);
   const g = gpu();
   const c = collapseDims(shape, [broadcastStrides(a.shape, shape), broadcastStrides(b.shape, shape)]);
-  const k = g.kernel(`bcast_${name}`, src, { BROADCAST: true, EXPR: expr, RANK: c.dims.length });
+  const k = g.kernel(`bcast_${name}`, src, { BROADCAST: true, EXPR: expr, RANK: c.dims.length, T: "f32" });
   const p = params(out.size, s0, s1, c.dims.length, c.dims, c.strides[0], c.strides[1]);
   g.dispatch(k, [a.binding(), b.binding(), out.binding()], p, g.grid(Math.ceil(out.size / WG)));
   return out;
@@ -210,7 +211,7 @@ export function expand(t: Tensor, shape: readonly number[], mult = 1): Tensor {
   const out = Tensor.empty(shape, "f32", "expand");
   const g = gpu();
   const c = collapseDims(shape, [broadcastStrides(t.shape, shape)]);
-  const k = g.kernel("expand", src, { UNARY: true, BROADCAST: true, EXPR: "a * p.s0", RANK: c.dims.length });
+  const k = g.kernel("expand", src, { UNARY: true, BROADCAST: true, EXPR: "a * p.s0", RANK: c.dims.length, T: "f32" });
   const p = params(out.size, mult, 0, c.dims.length, c.dims, c.strides[0]);
   g.dispatch(k, [t.binding(), out.binding()], p, g.grid(Math.ceil(out.size / WG)));
   return out;
@@ -226,11 +227,11 @@ export function geglu(x: Tensor): Tensor {
   const half = two / 2;
   const out = Tensor.empty([...x.shape.slice(0, -1), half], "f32", "geglu");
   const g = gpu();
-  const k = g.kernel("geglu", src, { GEGLU: true });
+  const k = g.kernel("geglu", src, { GEGLU: true, T: "f32" });
   g.dispatch(k, [x.binding(), out.binding()], params(out.size, 0, 0, half), g.grid(Math.ceil(out.size / WG)));
   return record(out, "geglu", [x], [x], (gradOut, [sx]) => {
     const dx = Tensor.empty(sx.shape, "f32", "geglu-grad"); // [..., 2I]
-    const kb = g.kernel("geglu_bwd", src, { GEGLU_BWD: true });
+    const kb = g.kernel("geglu_bwd", src, { GEGLU_BWD: true, T: "f32" });
     g.dispatch(kb, [sx.binding(), gradOut.binding(), dx.binding()], params(gradOut.size, 0, 0, half), g.grid(Math.ceil(gradOut.size / WG)));
     return [dx];
   });
@@ -242,14 +243,14 @@ export function maximum(a: Tensor, b: Tensor): Tensor {
   return record(out, "maximum", [a, b], [a, b], (g, [sa, sb], needs) => {
     const res: (Tensor | null)[] = [null, null];
     if (needs[0]) {
-      const ga = binaryMap("max_ga", "select(0.0, 1.0, a >= b)", sa, sb);
+      const ga = binaryMap("max_ga", "select(T(0.0), T(1.0), a >= b)", sa, sb);
       const t = binaryMap("mul", "a * b", g, ga);
       res[0] = unbroadcast(t, a.shape);
       ga.dispose();
       t.dispose();
     }
     if (needs[1]) {
-      const gb = binaryMap("max_gb", "select(0.0, 1.0, b > a)", sa, sb);
+      const gb = binaryMap("max_gb", "select(T(0.0), T(1.0), b > a)", sa, sb);
       const t = binaryMap("mul", "a * b", g, gb);
       res[1] = unbroadcast(t, b.shape);
       gb.dispose();
