@@ -1,3 +1,6 @@
+#if SUBGROUP_SUM
+enable subgroups;
+#endif
 // Group and layer normalisation, forward and backward. Statistics are two-pass (mean, then the mean
 // of squared deviations) and accumulated in f32; a group's data is re-read from cache.
 //
@@ -58,6 +61,13 @@ fn affine_index(e: u32, g: u32, cg: u32, S: u32) -> u32 {
 }
 
 const WG: u32 = {{WG}}u;
+#if SUBGROUP_SUM
+// The workgroup is exactly one subgroup (CPU adapters: 8 lanes): the sum is one subgroup
+// operation, with no workgroup memory and no barriers (both costly on lavapipe).
+fn wg_sum(v: vec2<f32>, lid: u32) -> vec2<f32> {
+  return subgroupAdd(v);
+}
+#else
 var<workgroup> red: array<vec2<f32>, {{WG}}>;
 
 fn wg_sum(v: vec2<f32>, lid: u32) -> vec2<f32> {
@@ -71,6 +81,7 @@ fn wg_sum(v: vec2<f32>, lid: u32) -> vec2<f32> {
   workgroupBarrier();
   return r;
 }
+#endif
 
 #if NORM_FWD
 @group(0) @binding(0) var<storage, read> x: array<T>;

@@ -5,9 +5,27 @@ import src from "../../../wgsl/norm.wgsl" with { type: "text" };
 import { gpu, type GpuBinding, type Uniforms } from "../../gpu/device.ts";
 import { record } from "../autograd.ts";
 import { Tensor, numel, shapeStr } from "../tensor.ts";
+import { adapterClass, recordTuning } from "../../gpu/tuning.ts";
 
 const GN_WG = 256;
 const LN_WG = 64;
+
+/**
+ * Reduction shape of one workgroup: on CPU adapters with fixed 8-lane subgroups, one subgroup per
+ * workgroup reducing with subgroupAdd (no workgroup memory, no barriers); elsewhere `wg` threads
+ * with a shared-memory tree.
+ */
+function reduction(wg: number): { WG: number; SUBGROUP_SUM: boolean } {
+  const g = gpu();
+  const info = g.adapter.info as unknown as { subgroupMinSize?: number; subgroupMaxSize?: number };
+  const fixed8 = g.hasSubgroups && info.subgroupMinSize === 8 && info.subgroupMaxSize === 8;
+  if (adapterClass(g) === "cpu" && fixed8) {
+    recordTuning("norm", "cpu: one 8-lane subgroup per group, subgroupAdd reductions");
+    return { WG: 8, SUBGROUP_SUM: true };
+  }
+  recordTuning("norm", `gpu: ${wg}-thread workgroups, shared-memory reductions`);
+  return { WG: wg, SUBGROUP_SUM: false };
+}
 /** Rows per chunk of the layer-norm parameter-gradient partial sums. */
 const LN_PARAM_ROWS = 256;
 
@@ -77,7 +95,7 @@ export function groupNorm(x: Tensor, numGroups: number, weight: Tensor, bias: Te
   const out = Tensor.empty(x.shape, "f32", silu ? "groupNormSilu" : "groupNorm");
   const stats = Tensor.empty([N, G, 2], "f32", "groupNorm.stats"); // (mean, rstd) per (n, g)
   if (x.size > 0) {
-    const k = g.kernel("norm_fwd", src, { NORM_FWD: true, WG: GN_WG, VEC4: vec4, SILU: silu });
+    const k = g.kernel("norm_fwd", src, { NORM_FWD: true, ...reduction(GN_WG), VEC4: vec4, SILU: silu });
     for (const [n0, cnt] of sampleWindows(op, N, bytesPer)) {
       const groups = cnt * G;
       g.dispatch(
@@ -113,7 +131,7 @@ function groupNormBackwardX(x: Tensor, dout: Tensor, weight: Tensor, bias: Tenso
   const g = gpu();
   const dx = Tensor.empty(x.shape, "f32", "groupNorm.dx");
   if (x.size === 0) return dx;
-  const k = g.kernel("norm_bwd_x", src, { NORM_BWD_X: true, WG: GN_WG, VEC4: vec4, SILU: silu });
+  const k = g.kernel("norm_bwd_x", src, { NORM_BWD_X: true, ...reduction(GN_WG), VEC4: vec4, SILU: silu });
   for (const [n0, cnt] of sampleWindows("groupNorm backward", N, bytesPer)) {
     const groups = cnt * G;
     g.dispatch(
@@ -135,7 +153,7 @@ function groupNormBackwardParams(x: Tensor, dout: Tensor, weight: Tensor, bias: 
   const g = gpu();
   const partial = Tensor.empty([N, C, 2], "f32", "groupNorm.partial"); // (sum dy, sum dy*xhat) per (n, c)
   if (x.size > 0) {
-    const k = g.kernel("gn_bwd_partial", src, { GN_BWD_PARTIAL: true, WG: GN_WG, VEC4: vec4, SILU: silu });
+    const k = g.kernel("gn_bwd_partial", src, { GN_BWD_PARTIAL: true, ...reduction(GN_WG), VEC4: vec4, SILU: silu });
     for (const [n0, cnt] of sampleWindows("groupNorm backward", N, bytesPer)) {
       const groups = cnt * C;
       g.dispatch(
@@ -178,7 +196,7 @@ export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps = 1e-5): 
   const out = Tensor.empty(x.shape, "f32", op);
   const stats = Tensor.empty([R, 2], "f32", "layerNorm.stats"); // (mean, rstd) per row
   if (x.size > 0) {
-    const k = g.kernel("norm_fwd", src, { NORM_FWD: true, WG: LN_WG, VEC4: vec4, AFFINE_PER_ELEMENT: true });
+    const k = g.kernel("norm_fwd", src, { NORM_FWD: true, ...reduction(LN_WG), VEC4: vec4, AFFINE_PER_ELEMENT: true });
     for (const [r0, cnt] of sampleWindows(op, R, D * 4)) {
       g.dispatch(
         k,
@@ -212,7 +230,7 @@ function layerNormBackwardX(x: Tensor, dout: Tensor, weight: Tensor, bias: Tenso
   const g = gpu();
   const dx = Tensor.empty(x.shape, "f32", "layerNorm.dx");
   if (x.size === 0) return dx;
-  const k = g.kernel("norm_bwd_x", src, { NORM_BWD_X: true, WG: LN_WG, VEC4: vec4, AFFINE_PER_ELEMENT: true });
+  const k = g.kernel("norm_bwd_x", src, { NORM_BWD_X: true, ...reduction(LN_WG), VEC4: vec4, AFFINE_PER_ELEMENT: true });
   for (const [r0, cnt] of sampleWindows("layerNorm backward", R, D * 4)) {
     g.dispatch(
       k,
