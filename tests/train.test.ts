@@ -1,0 +1,138 @@
+// Training on the embedded tiny model and synthetic data: log-prob consistency, exact resume,
+// refusing a foreign run dir, stopping cleanly on divergence.
+import { describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { defaultModelDir } from "../src/models/tiny.ts";
+import { encodePrompts, encodeImages, guidedConditioning, loadIP2P, sampleChain, disposeModels } from "../src/diffusion/pipeline.ts";
+import { stepLogProb } from "../src/diffusion/score.ts";
+import { initLora } from "../src/nn/lora.ts";
+import { Tensor, noGrad, scope } from "../src/tensor/index.ts";
+import * as ops from "../src/tensor/ops/index.ts";
+import { train } from "../src/cli/train.ts";
+import { listCheckpoints } from "../src/rl/checkpoint.ts";
+import { UserError } from "../src/errors.ts";
+import { useGpu } from "./helpers.ts";
+
+useGpu();
+
+const SMALL = [
+  "resolution=32",
+  "sample.num_steps=4",
+  "sample.batch_size=2",
+  "sample.num_batches_per_epoch=1",
+  "train.batch_size=2",
+  "train.learning_rate=0.003",
+  "train.clip_range=0.2",
+  "reward.layers=res:2",
+  "per_prompt_stat_tracking.buffer_size=4",
+  "per_prompt_stat_tracking.min_count=2",
+  "report.num_samples=1",
+  "save_freq=1",
+];
+
+function tmp(name: string): string {
+  return mkdtempSync(join(tmpdir(), `rl4pix-${name}-`));
+}
+
+describe("log-probabilities", () => {
+  test("recomputing a sampled chain's log-probs under the unchanged policy gives the sampling values", async () => {
+    const m = loadIP2P(await defaultModelDir());
+    initLora(m.unet, 4, 7);
+    // make the LoRA non-trivial so the policy differs from the base model
+    for (const lin of m.unet.attentionModules().flatMap(([, a]) => a.loraTargets().map(([, l]) => l))) {
+      const up = lin.lora!.up;
+      lin.lora!.up = ops.randn(up.shape, 5).keep().requireGrad();
+      up.dispose();
+    }
+    const B = 2;
+    const { cond, traj } = noGrad(() => scope(() => {
+      const p = encodePrompts(m, ["add a red circle", "remove the blue square"]);
+      const img = encodeImages(m, ops.affine(ops.rand([B, 3, 32, 32], 3), 2, -1));
+      const cond = guidedConditioning(m, p.embeds, img);
+      const traj = sampleChain(m, cond, [B, 4, 16, 16], { steps: 5, guidance: { text: 5, image: 1.5 }, eta: 1, seeds: [11, 12] });
+      return { cond, traj };
+    }));
+    expect(traj.logProbs).not.toBeNull();
+    // score steps in a shuffled order with one timestep per sample, as PPO batches them
+    const ts = traj.timesteps;
+    for (const [i, j] of [[0, 3], [4, 1], [2, 2]]) {
+      const lp = scope(() => {
+        const x = ops.concat([ops.slice(traj.latents[i], 0, 0, 1), ops.slice(traj.latents[j], 0, 1, 2)], 0);
+        const next = ops.concat([ops.slice(traj.latents[i + 1], 0, 0, 1), ops.slice(traj.latents[j + 1], 0, 1, 2)], 0);
+        return stepLogProb(m, cond, x, next, [ts[i], ts[j]], { text: 5, image: 1.5 }, 1).keep();
+      });
+      const got = await lp.readF32();
+      const want = [(await traj.logProbs![i].readF32())[0], (await traj.logProbs![j].readF32())[1]];
+      expect(Math.abs(got[0] - want[0])).toBeLessThan(1e-5);
+      expect(Math.abs(got[1] - want[1])).toBeLessThan(1e-5);
+      lp.dispose();
+    }
+    disposeModels(m);
+  });
+});
+
+describe("runs", () => {
+  test("a run resumed from its checkpoint continues bit-identically", async () => {
+    const a = tmp("runA");
+    const b = tmp("runB");
+    try {
+      await train({ out: a, set: [...SMALL, "num_epochs=2"], quiet: true });
+      await train({ out: b, set: [...SMALL, "num_epochs=1"], quiet: true });
+      expect(listCheckpoints(b).map(([e]) => e)).toEqual([0]);
+      await train({ out: b, set: [...SMALL, "num_epochs=2"], quiet: true });
+      const lora = (dir: string) => readFileSync(join(dir, "checkpoints", "checkpoint_1", "trainer.safetensors"));
+      expect(Buffer.compare(lora(a), lora(b))).toBe(0);
+      const strip = (dir: string) =>
+        readFileSync(join(dir, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => {
+          const { seconds: _s, samples_per_s: _r, ...rest } = JSON.parse(l);
+          return rest;
+        });
+      expect(strip(b)).toEqual(strip(a));
+      expect(strip(a).length).toBe(2);
+      expect(existsSync(join(a, "report.html"))).toBe(true);
+      expect(existsSync(join(a, "samples", "epoch_2", "index.json"))).toBe(true);
+    } finally {
+      rmSync(a, { recursive: true, force: true });
+      rmSync(b, { recursive: true, force: true });
+    }
+  });
+
+  test("a run dir made with another configuration is refused unless --force", async () => {
+    const d = tmp("runC");
+    try {
+      await train({ out: d, set: [...SMALL, "num_epochs=1"], quiet: true });
+      let err: unknown = null;
+      try {
+        await train({ out: d, set: [...SMALL, "num_epochs=2", "train.learning_rate=0.01"], quiet: true });
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(UserError);
+      expect(String((err as Error).message)).toContain("train.learning_rate");
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+
+  test("a diverging run stops with a clear message and keeps its last good checkpoint", async () => {
+    const d = tmp("runD");
+    try {
+      let err: unknown = null;
+      try {
+        await train({ out: d, set: [...SMALL, "num_epochs=3", "train.learning_rate=1e30", "train.max_grad_norm=1e30", "train.clip_range=1e30"], quiet: true });
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(UserError);
+      expect(String((err as Error).message)).toMatch(/training diverged/);
+      const ck = listCheckpoints(d);
+      expect(ck.length).toBeGreaterThan(0);
+      expect(existsSync(join(ck[ck.length - 1][1], "pytorch_lora_weights.safetensors"))).toBe(true);
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+});
+void Tensor;
