@@ -12,20 +12,20 @@ class CLIPAttention extends Module {
   readonly k_proj: Linear;
   readonly v_proj: Linear;
   readonly out_proj: Linear;
-  constructor(readonly dim: number, readonly heads: number) {
+  constructor(readonly dim: number, readonly heads: number, readonly causal = true) {
     super();
     this.q_proj = this.child("q_proj", new Linear(dim, dim));
     this.k_proj = this.child("k_proj", new Linear(dim, dim));
     this.v_proj = this.child("v_proj", new Linear(dim, dim));
     this.out_proj = this.child("out_proj", new Linear(dim, dim));
   }
-  /** x [B, L, D] -> [B, L, D], causal. */
+  /** x [B, L, D] -> [B, L, D], causal unless built with causal = false (the vision tower). */
   forward(x: Tensor): Tensor {
     const [B, L, D] = x.shape;
     const H = this.heads, d = D / H;
     const split = (t: Tensor) => ops.permute(ops.reshape(t, [B, L, H, d]), [0, 2, 1, 3]); // [B,H,L,d]
     const o = ops.attention(split(this.q_proj.forward(x)), split(this.k_proj.forward(x)), split(this.v_proj.forward(x)), {
-      causal: true,
+      causal: this.causal,
       scale: 1 / Math.sqrt(d),
     }); // [B,H,L,d]
     return this.out_proj.forward(ops.reshape(ops.permute(o, [0, 2, 1, 3]), [B, L, D]));
@@ -46,14 +46,17 @@ class CLIPMLP extends Module {
   }
 }
 
-class CLIPEncoderLayer extends Module {
+/** The config fields an encoder layer uses (CLIPTextConfig and CLIPVisionConfig both have them). */
+export type CLIPEncoderLayerConfig = Pick<TextEncoderConfig, "hiddenSize" | "numAttentionHeads" | "intermediateSize" | "hiddenAct" | "layerNormEps">;
+
+export class CLIPEncoderLayer extends Module {
   readonly layer_norm1: LayerNorm;
   readonly self_attn: CLIPAttention;
   readonly layer_norm2: LayerNorm;
   readonly mlp: CLIPMLP;
-  constructor(c: TextEncoderConfig) {
+  constructor(c: CLIPEncoderLayerConfig, causal = true) {
     super();
-    this.self_attn = this.child("self_attn", new CLIPAttention(c.hiddenSize, c.numAttentionHeads));
+    this.self_attn = this.child("self_attn", new CLIPAttention(c.hiddenSize, c.numAttentionHeads, causal));
     this.layer_norm1 = this.child("layer_norm1", new LayerNorm(c.hiddenSize, c.layerNormEps));
     this.mlp = this.child("mlp", new CLIPMLP(c.hiddenSize, c.intermediateSize, c.hiddenAct));
     this.layer_norm2 = this.child("layer_norm2", new LayerNorm(c.hiddenSize, c.layerNormEps));
@@ -90,11 +93,11 @@ class CLIPEmbeddings extends Module {
   }
 }
 
-class CLIPEncoder extends Module {
+export class CLIPEncoder extends Module {
   readonly layers: ModuleList<CLIPEncoderLayer>;
-  constructor(c: TextEncoderConfig) {
+  constructor(c: CLIPEncoderLayerConfig & { numHiddenLayers: number }, causal = true) {
     super();
-    this.layers = this.child("layers", new ModuleList(Array.from({ length: c.numHiddenLayers }, () => new CLIPEncoderLayer(c))));
+    this.layers = this.child("layers", new ModuleList(Array.from({ length: c.numHiddenLayers }, () => new CLIPEncoderLayer(c, causal))));
   }
 }
 
