@@ -1,8 +1,8 @@
 // CLIPModel (vision + text towers, projections) against float64 CPU references written from the
 // architecture's definition, CLIP's preprocessing against PIL (fixture from
 // tests/fixtures/gen/clip_preprocess.py), CLIP-T / CLIP-I, and the folder checks.
-import { describe, expect, test } from "bun:test";
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { afterAll, describe, expect, test } from "bun:test";
+import { copyFileSync, mkdirSync, rmSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { useGpu, expectClose, uniform } from "./helpers.ts";
@@ -27,6 +27,7 @@ import type { PlanarImage } from "../src/io/image.ts";
 useGpu();
 
 const root = mkdtempSync(join(tmpdir(), "rl4pix-clip-"));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
 const CLIP_DIR = writeTinyClip(join(root, "clip"), { seed: 3 });
 
 // ---------------------------------------------------------------------------------------------------

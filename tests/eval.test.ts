@@ -3,7 +3,7 @@
 // a ground truth of another size): MagicBrush's file names, results.json's shape (what the report
 // reads), numbers equal to pairMetrics / CLIP recomputed from the written PNGs, resuming without
 // recomputation, multi-turn editing the previous output, --limit, and one-line errors.
-import { describe, expect, spyOn, test } from "bun:test";
+import { afterAll, describe, expect, spyOn, test } from "bun:test";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve as resolvePath } from "node:path";
@@ -26,6 +26,7 @@ import { evalCommand } from "../src/cli/eval.ts";
 useGpu();
 
 const root = mkdtempSync(join(tmpdir(), "rl4pix-eval-"));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
 const STEPS = 2;
 const SEED = 7;
 
