@@ -7,6 +7,7 @@ import { register as forward } from "./forward.ts";
 import { register as small } from "./small_commands.ts";
 import { register as train } from "./train.ts";
 import { register as evalCmd } from "./eval.ts";
+import { register as demo } from "./demo.ts";
 
 export const VERSION = "0.1.0";
 
@@ -22,7 +23,7 @@ export function buildProgram(): Command {
       // commander's own usage errors (unknown option, missing argument) are user mistakes: exit 2
       process.exit(err.exitCode === 0 ? 0 : 2);
     });
-  for (const reg of [edit, train, evalCmd, forward, small, doctor, bench]) reg(program);
+  for (const reg of [edit, train, evalCmd, demo, forward, small, doctor, bench]) reg(program);
   return program;
 }
 
