@@ -2,6 +2,7 @@
 // Ctrl-C as exit 130, bugs with their stack + exit 1.
 import { destroyGpu } from "../gpu/device.ts";
 import { NoAdapterError } from "../gpu/device.ts";
+import { InvalidArgumentError } from "commander";
 import { Interrupted, UserError } from "../errors.ts";
 
 export function exitCodeFor(e: unknown): number {
@@ -33,12 +34,12 @@ export function action<A extends unknown[]>(fn: (...args: A) => Promise<void | n
   };
 }
 
-/** Parse a number flag, or throw a UserError naming the flag. */
+/** Parse a number flag; commander reports a bad value as a one-line usage error (exit 2). */
 export function num(flag: string, lo = -Infinity, hi = Infinity, integer = false): (v: string) => number {
   return (v: string) => {
     const x = Number(v);
     if (!Number.isFinite(x) || x < lo || x > hi || (integer && !Number.isInteger(x))) {
-      throw new UserError(`${flag}: expected ${integer ? "an integer" : "a number"}${lo > -Infinity ? ` >= ${lo}` : ""}${hi < Infinity ? ` <= ${hi}` : ""}, got '${v}'`);
+      throw new InvalidArgumentError(`${flag}: expected ${integer ? "an integer" : "a number"}${lo > -Infinity ? ` >= ${lo}` : ""}${hi < Infinity ? ` <= ${hi}` : ""}, got '${v}'`);
     }
     return x;
   };
