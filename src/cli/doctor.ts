@@ -4,7 +4,7 @@ import type { Command } from "commander";
 import { gpu, initGpu } from "../gpu/device.ts";
 import { runtimeName, runtimeVersion } from "../gpu/runtime.ts";
 import { adapterClass, tuningChoices } from "../gpu/tuning.ts";
-import { selfTest } from "./self_test.ts";
+import { selfTest } from "./kernel_check.ts";
 import { action } from "./run.ts";
 
 function backendGuess(): string {
