@@ -102,3 +102,32 @@ describe("UNet", () => {
     unet.disposeParameters();
   });
 });
+
+describe("cross-attention capture", () => {
+  test("head-averaged attn2 probabilities of every layer match diffusers' (t = 500)", async () => {
+    const { setAttentionCaptureHook } = await import("../src/nn/attention.ts");
+    const ops = await import("../src/tensor/ops/index.ts");
+    const unet = new UNet2DConditionModel(cfg().unet);
+    loadWeights(unet, resolveWeightFiles(join(TINY_IP2P, "unet")));
+    const maps = new Map<string, Tensor>();
+    setAttentionCaptureHook({
+      request(path, batch, queries, keys) {
+        if (!path.endsWith("attn2")) return [];
+        const acc = ops.zeros([batch, queries, keys]).keep();
+        maps.set(path, acc);
+        return [{ rows: [0, batch], cols: { start: 0, count: keys }, out: acc, weight: 1, mode: "map" }];
+      },
+    });
+    try {
+      noGrad(() => unet.forward(g("unet.sample"), [500, 500, 500], g("unet.encoder_hidden_states")));
+    } finally {
+      setAttentionCaptureHook(null);
+    }
+    expect(maps.size).toBe(6);
+    for (const [path, t] of maps) {
+      expectClose(await t.read(), goldenF32(C, `attn2.${path}`), { atol: 1e-6 }, path);
+      t.dispose();
+    }
+    unet.disposeParameters();
+  });
+});

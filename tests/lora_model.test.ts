@@ -1,0 +1,95 @@
+// LoRA on the real UNet tree: an old-format diffusers LoRA file loads and changes the output exactly
+// as merging it into the weights does, and gradients with respect to LoRA weights are right.
+import { describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { loadPipelineConfig, resolveWeightFiles } from "../src/io/diffusers.ts";
+import { readLoraFile } from "../src/io/lora_format.ts";
+import { UNet2DConditionModel } from "../src/nn/unet.ts";
+import { loadWeights } from "../src/nn/load.ts";
+import { attachLoraLayers, loadLoraFile, loraParameters, loraTargets } from "../src/nn/lora.ts";
+import { Tensor, backward, clearTape, noGrad, scope } from "../src/tensor/index.ts";
+import * as ops from "../src/tensor/ops/index.ts";
+import { expectClose, maxAbsDiff, useGpu } from "./helpers.ts";
+import { gpu } from "../src/gpu/device.ts";
+import { GOLDENS, TINY_IP2P, goldenF32, goldenShape } from "./goldens.ts";
+
+useGpu();
+const C = "components.safetensors";
+const LORA = join(GOLDENS, "tiny-ip2p-lora", "pytorch_lora_weights.safetensors");
+const g = (name: string) => Tensor.from(goldenF32(C, name), goldenShape(C, name));
+
+function freshUnet(): UNet2DConditionModel {
+  const unet = new UNet2DConditionModel(loadPipelineConfig(TINY_IP2P).unet);
+  loadWeights(unet, resolveWeightFiles(join(TINY_IP2P, "unet")));
+  return unet;
+}
+
+describe("LoRA on the UNet", () => {
+  test("the old attn-procs LoRA file changes the output exactly as merging W + scale * up @ down", async () => {
+    const base = freshUnet();
+    const x = g("unet.sample");
+    const ehs = g("unet.encoder_hidden_states");
+    const plain = await noGrad(() => base.forward(x, [500, 500, 500], ehs)).read();
+    expect(loadLoraFile(base, LORA)).toBe(48);
+    const withLora = await noGrad(() => base.forward(x, [500, 500, 500], ehs)).read();
+    expect(maxAbsDiff(plain, withLora)).toBeGreaterThan(1e-3);
+    // merge on the host into a second copy of the weights
+    const merged = freshUnet();
+    const file = readLoraFile(LORA);
+    const targets = loraTargets(merged);
+    for (const [path, l] of file.layers) {
+      const lin = targets.get(path)!;
+      const w = await lin.weight.t.readF32();
+      const scale = l.alpha === undefined ? 1 : l.alpha / l.rank;
+      for (let o = 0; o < l.outFeatures; o++) for (let i = 0; i < l.inFeatures; i++) {
+        let s = 0;
+        for (let r = 0; r < l.rank; r++) s += l.up[o * l.rank + r] * l.down[r * l.inFeatures + i];
+        w[o * l.inFeatures + i] += scale * s;
+      }
+      lin.weight.tensor!.dispose();
+      lin.weight.tensor = Tensor.from(w, [l.outFeatures, l.inFeatures]).keep();
+    }
+    const mergedOut = await noGrad(() => merged.forward(x, [500, 500, 500], ehs)).read();
+    expectClose(withLora, mergedOut, { atol: 2e-5, rtol: 1e-5 }, "LoRA vs merged weights");
+    base.disposeParameters();
+    merged.disposeParameters();
+  });
+
+  test("gradients with respect to LoRA weights match a directional finite difference", async () => {
+    const unet = freshUnet();
+    const file = readLoraFile(LORA);
+    attachLoraLayers(unet, file.layers, LORA, true);
+    const x = g("unet.sample");
+    const ehs = g("unet.encoder_hidden_states");
+    const G = ops.randn([3, 4, 8, 8], 77).keep();
+    const loss = () => ops.sum(ops.mul(unet.forward(x, [999, 500, 1], ehs), G));
+    scope(() => backward(loss()));
+    const params = loraParameters(unet).flatMap((p) => [p.down, p.up]);
+    const grads = await Promise.all(params.map((p) => p.grad!.readF32()));
+    const norm = Math.sqrt(grads.reduce((a, gr) => a + gr.reduce((s, v) => s + v * v, 0), 0));
+    expect(norm).toBeGreaterThan(0);
+    // move every LoRA weight along d = grad / |grad| by ±h; (L+ - L-) / 2h should equal |grad|
+    const h = 1e-2;
+    const originals = await Promise.all(params.map((p) => p.readF32()));
+    const evalAt = async (sign: number) => {
+      params.forEach((p, i) => {
+        const v = originals[i].map((o, j) => o + (sign * h * grads[i][j]) / norm);
+        const t = Tensor.from(v, p.shape);
+        gpuCopy(t, p);
+        t.dispose();
+      });
+      return (await noGrad(() => loss()).readF32())[0];
+    };
+    const up = await evalAt(1);
+    const down = await evalAt(-1);
+    const directional = (up - down) / (2 * h);
+    expect(Math.abs(directional - norm) / norm).toBeLessThan(2e-2);
+    clearTape();
+    unet.disposeParameters();
+  });
+});
+
+/** Overwrite `dst`'s data with `src`'s (same shape), keeping `dst`'s identity. */
+function gpuCopy(src: Tensor, dst: Tensor): void {
+  gpu().copy(src.buffer, 0, dst.buffer, 0, src.byteLength);
+}
