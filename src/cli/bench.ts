@@ -8,20 +8,23 @@ import type { BenchRow } from "../bench/types.ts";
 import { cpuReference } from "../bench/reference.ts";
 import { benchElementwise } from "../bench/elementwise.ts";
 import { benchConv } from "../bench/conv.ts";
+import { benchUnet } from "../bench/unet.ts";
+import type { ModelBenchOptions } from "../bench/model.ts";
 import { action } from "./run.ts";
 
-type Suite = () => Promise<BenchRow[]>;
+type Suite = (opts: ModelBenchOptions) => Promise<BenchRow[]>;
 
 /** Kernel suites by name; model-level suites (unet, train-step) register themselves here too. */
 export const SUITES: Record<string, Suite> = {
   elementwise: benchElementwise,
   conv: () => benchConv(),
+  unet: (o) => benchUnet(o),
 };
 
 export const ALL_KERNEL_SUITES = ["matmul", "conv", "attention", "groupnorm", "elementwise"];
 
 function fmt(rows: BenchRow[]): string {
-  const lines = [["kernel", "shape", "ms", "GFLOP/s", "GB/s", "compile ms", "note"]];
+  const lines = [["kernel", "shape", "ms", "GFLOP/s", "GB/s", "compile ms", "peak MiB", "note"]];
   for (const r of rows) {
     lines.push([
       r.name,
@@ -30,6 +33,7 @@ function fmt(rows: BenchRow[]): string {
       r.gflops !== undefined ? r.gflops.toFixed(2) : "",
       r.gbps !== undefined ? r.gbps.toFixed(2) : "",
       r.compileMs !== undefined ? r.compileMs.toFixed(0) : "",
+      r.peakBytes !== undefined ? (r.peakBytes / 2 ** 20).toFixed(0) : "",
       r.note ?? "",
     ]);
   }
@@ -44,7 +48,7 @@ export async function runBench(what: string[], json: boolean, opts: Record<strin
   const ref = cpuReference();
   const rows: BenchRow[] = [];
   for (const n of names) {
-    const r = await SUITES[n]();
+    const r = await SUITES[n](opts as ModelBenchOptions);
     rows.push(...r);
     if (!json) console.error(`bench: ${n} done`);
   }
@@ -77,8 +81,12 @@ export function register(program: Command): void {
     .option("--json", "print JSON")
     .option("--config <name>", "model shapes for unet/train-step: sd15 or tiny", "sd15")
     .option("--resolution <px>", "image resolution for unet/train-step", "256")
-    .option("--batch <n>", "batch for unet", "1")
+    .option("--batch <n>", "batch for unet (default: 1 for sd15, 3 for tiny)")
     .option("--f16", "f16 weights (where shader-f16 exists)")
+    .option("--checkpointing <mode>", "train-step: gradient checkpointing on, off or both", "both")
+    .option("--reps <n>", "unet/train-step: timed repetitions (median reported)")
+    .option("--profile", "unet/train-step: print the per-kernel GPU time of one more call")
+    .option("--no-torch", "unet: skip the PyTorch CPU reference")
     .action(action(async (what: string[], opts: { json?: boolean }) => {
       await runBench(what, Boolean(opts.json), opts);
     }));
