@@ -2,6 +2,7 @@
 import type { Tensor } from "../tensor/tensor.ts";
 import * as ops from "../tensor/ops/index.ts";
 import { checkpoint, isGradEnabled } from "../tensor/autograd.ts";
+import { scope } from "../tensor/scope.ts";
 import { Module, ModuleList } from "./module.ts";
 import { Conv2d, GroupNorm, Linear } from "./layers.ts";
 import { Downsample2D, ResnetBlock2D, Upsample2D } from "./resnet.ts";
@@ -31,12 +32,19 @@ interface BlockContext {
   checkpointing: boolean;
 }
 
-function runResnet(r: ResnetBlock2D, h: Tensor, c: BlockContext): Tensor {
-  return c.checkpointing ? checkpoint((x) => r.forward(x, c.tembSilu), [h], "resnet") : r.forward(h, c.tembSilu);
+// Each block runs in its own scope so that its intermediates are freed as soon as it returns (what
+// autograd needs stays alive through the tape's own handles); otherwise a no-grad forward would hold
+// every activation of the whole UNet until the caller's scope closes.
+function runResnet(r: ResnetBlock2D, h: Tensor, c: BlockContext, skip?: Tensor): Tensor {
+  if (c.checkpointing) {
+    if (!skip) return checkpoint((x) => r.forward(x, c.tembSilu), [h], "resnet");
+    return checkpoint((x, s) => r.forward(ops.concat([x, s], 1), c.tembSilu), [h, skip], "resnet");
+  }
+  return scope(() => r.forward(skip ? ops.concat([h, skip], 1) : h, c.tembSilu));
 }
 
 function runTransformer(t: Transformer2DModel, h: Tensor, c: BlockContext): Tensor {
-  return c.checkpointing ? checkpoint((x) => t.forward(x, c.context), [h], "transformer") : t.forward(h, c.context);
+  return c.checkpointing ? checkpoint((x) => t.forward(x, c.context), [h], "transformer") : scope(() => t.forward(h, c.context));
 }
 
 /** DownBlock2D / CrossAttnDownBlock2D. */
@@ -87,10 +95,14 @@ class UpBlock extends Module {
     let h = x;
     this.resnets.items.forEach((r, i) => {
       const skip = skips.pop()!;
-      h = runResnet(r, ops.concat([h, skip], 1), c);
+      h = runResnet(r, h, c, skip);
       if (this.attentions) h = runTransformer(this.attentions.items[i], h, c);
     });
-    if (this.upsamplers) h = this.upsamplers.items[0].forward(h, upSize);
+    if (this.upsamplers) {
+      const up = this.upsamplers.items[0];
+      const x = h;
+      h = scope(() => up.forward(x, upSize));
+    }
     return h;
   }
 }
@@ -245,7 +257,8 @@ export class UNet2DConditionModel extends Module {
     });
     h = this.conv_norm_out.forward(h);
     hook?.("conv_norm_out", h);
-    h = this.conv_out.forward(ops.silu(h));
+    const normed = h;
+    h = scope(() => this.conv_out.forward(ops.silu(normed)));
     hook?.("conv_out", h);
     return h;
   }
