@@ -11,11 +11,31 @@ export const DTYPE_BYTES: Record<DType, number> = { f32: 4, f16: 2, i32: 4 };
 
 export class Storage {
   refs = 1;
+  /**
+   * Data derived from this storage's contents and cached by the ops (e.g. a frozen conv weight in
+   * the kernel's layout), released together with it. Only for contents never modified in place.
+   */
+  private derived: Map<string, Storage> | null = null;
   constructor(readonly buffer: GPUBuffer, readonly bytes: number) {}
   release(): void {
     // After the device is gone (process exit paths) there is no pool to return the buffer to.
-    if (--this.refs === 0 && hasGpu()) gpu().pool.release(this.buffer);
+    if (--this.refs === 0) {
+      if (hasGpu()) gpu().pool.release(this.buffer);
+      if (this.derived) for (const d of this.derived.values()) d.release();
+      this.derived = null;
+    }
     if (this.refs < 0) throw new Error(`storage ${this.buffer.label} released twice`);
+  }
+
+  /** The cached derived storage under `key`, created by `make` on first use (owned by this storage). */
+  derive(key: string, make: () => Storage): Storage {
+    this.derived ??= new Map();
+    let d = this.derived.get(key);
+    if (!d) {
+      d = make();
+      this.derived.set(key, d);
+    }
+    return d;
   }
 }
 

@@ -9,6 +9,7 @@ import weightsSrc from "../../../wgsl/conv2d_weights.wgsl" with { type: "text" }
 import wgradSrc from "../../../wgsl/conv2d_wgrad.wgsl" with { type: "text" };
 import { gpu, type Uniforms } from "../../gpu/device.ts";
 import { Tensor } from "../tensor.ts";
+import { keep } from "../scope.ts";
 import { type ConvGeometry, planPasses, windowBinding } from "./conv_geometry.ts";
 import { type RegisterTiles, type SharedTiles, convTuning } from "./conv_tuning.ts";
 
@@ -34,8 +35,37 @@ interface PanelLayout {
   flip: boolean;
 }
 
-/** Weights [Cout, Cin, kh, kw] (f32 or f16) re-laid out as zero-padded f32 panels. */
+let cacheFrozen = true;
+
+/**
+ * Keep the re-laid-out panels of frozen weights (`!requiresGrad`) with the weight's storage instead
+ * of rebuilding them on every call (on by default; costs the panels' memory while the weight lives).
+ */
+export function setConvWeightCache(on: boolean): void {
+  cacheFrozen = on;
+}
+
+/**
+ * The weight panels for a call; the caller disposes the returned handle. Frozen weights are never
+ * modified in place, so their panels are built once and cached on the weight's storage (released
+ * with it).
+ */
 function weightPanels(weight: Tensor, v: ReturnType<typeof gemmView>, taps: number, l: PanelLayout): Tensor {
+  if (!cacheFrozen || weight.requiresGrad) return buildPanels(weight, v, taps, l);
+  const key = `conv2d.panels|${v.m}|${v.c}|${v.strideM}|${v.strideC}|${taps}|${l.mPad}|${l.cPad}|${l.tap}|${l.row}|${l.chan}|${l.flip}`;
+  const st = weight.storage.derive(key, () => {
+    const t = keep(buildPanels(weight, v, taps, l));
+    const s = t.storage;
+    s.refs++;
+    t.dispose();
+    return s;
+  });
+  st.refs++;
+  return new Tensor(st, [taps * l.mPad * l.cPad], "f32", "conv2d.weight_panels", false);
+}
+
+/** Weights [Cout, Cin, kh, kw] (f32 or f16) re-laid out as zero-padded f32 panels. */
+function buildPanels(weight: Tensor, v: ReturnType<typeof gemmView>, taps: number, l: PanelLayout): Tensor {
   const g = gpu();
   const out = Tensor.empty([taps * l.mPad * l.cPad], "f32", "conv2d.weight_panels");
   const c4 = l.cPad / 4;
