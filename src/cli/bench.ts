@@ -9,6 +9,7 @@ import { cpuReference } from "../bench/reference.ts";
 import { benchElementwise } from "../bench/elementwise.ts";
 import { benchConv } from "../bench/conv.ts";
 import { benchUnet } from "../bench/unet.ts";
+import { benchTrainStep } from "../bench/train_step.ts";
 import type { ModelBenchOptions } from "../bench/model.ts";
 import { action } from "./run.ts";
 
@@ -19,6 +20,7 @@ export const SUITES: Record<string, Suite> = {
   elementwise: benchElementwise,
   conv: () => benchConv(),
   unet: (o) => benchUnet(o),
+  "train-step": (o) => benchTrainStep(o),
 };
 
 export const ALL_KERNEL_SUITES = ["matmul", "conv", "attention", "groupnorm", "elementwise"];
