@@ -5,6 +5,7 @@ import { Tensor, backward, clearTape, noGrad, scope } from "../src/tensor/index.
 import * as ops from "../src/tensor/ops/index.ts";
 import { f16BitsToF32, f32ToF16Bits } from "../src/tensor/f16.ts";
 import { hasRegisterSubgroups, setMatmulTuning, type MatmulTuning } from "../src/tensor/ops/matmul_tuning.ts";
+import { setMatmulK4 } from "../src/tensor/ops/matmul_gemm.ts";
 import { expectClose, gradCheck, prod, randn, toGpu, useGpu } from "./helpers.ts";
 import { type RefActivation, refLinear, refLora, refMatmul } from "./ref/matmul.ts";
 
@@ -273,5 +274,43 @@ describe("loraLinear", () => {
     expect(up.grad).not.toBeNull();
     for (const t of [x, w, b, down, up, y]) t.dispose();
     clearTape();
+  });
+});
+
+describe("matmul, vec4-along-k register kernel (both operands contiguous along k, k % 4 == 0)", () => {
+  test("matches the reference and the scalar kernel: narrow and wide outputs, bias + activation, f16 weights, batches", async () => {
+    if (!hasRegisterSubgroups(gpu())) return;
+    let seed = 300;
+    const cases: [number, number, number][] = [[1, 4, 3], [9, 12, 31], [40, 68, 33], [17, 8, 70], [64, 36, 4], [33, 16, 130]];
+    for (const [rows, inF, outF] of cases) {
+      for (const f16 of [false, true]) {
+        const x = randn(rows * inF, (seed += 3));
+        const w = randn(outF * inF, seed + 1, 0.5);
+        const bias = randn(outF, seed + 2);
+        const wRef = f16 ? round16(w) : w;
+        const wT = f16 ? Tensor.from(Float32Array.from(w), [outF, inF], "f16") : toGpu(w, [outF, inF]);
+        const label = `${rows}x${inF}x${outF}${f16 ? " f16" : ""}`;
+        for (const k4 of [true, false]) {
+          setMatmulK4(k4);
+          try {
+            const y = noGrad(() => scope(() => ops.linear(toGpu(x, [rows, inF]), wT, toGpu(bias, [outF]), { activation: "silu" })));
+            expectClose(await y.read(), refLinear(x, inF, wRef, outF, bias, "silu"), fwdTol(inF), `${label} k4=${k4}`);
+            y.dispose();
+          } finally {
+            setMatmulK4(true);
+          }
+        }
+        wT.dispose();
+      }
+    }
+    // A batched product with both operands transposed into k-contiguous layouts and a broadcast batch.
+    const [M, K, N] = [10, 20, 9];
+    const a = randn(3 * M * K, 401);
+    const b = randn(N * K, 402);
+    const z = scope(() => ops.matmul(toGpu(a, [3, M, K]), toGpu(b, [1, N, K]), { transB: true }));
+    const bT = new Float64Array(K * N);
+    for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) bT[k * N + n] = b[n * K + k];
+    expectClose(await z.read(), refMatmul(a, [3, M, K], bT, [1, K, N]).data, fwdTol(K), "batched, B broadcast");
+    z.dispose();
   });
 });

@@ -95,7 +95,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
 
   // The stores run in a loop whose trip count is not a constant, so that the compiler keeps one copy
   // of them (each store is a per-lane loop; unrolled, they dominate the pipeline's compile time).
-  let c_base = z * p.m * p.n;
+  let c_base = p.c_off + z * p.scz;
   let rows = min({{ROWS}}u, p.m - min(m0, p.m));
   for (var i = 0u; i < rows; i++) {
     let v = acc[i];

@@ -10,6 +10,8 @@
 // defines:
 //   SUBGROUPS   the kernel uses subgroup operations
 //   B_F16       B holds f16 values, two per u32 word (converted to f32 on load)
+//   K4          A and B are read as 4 consecutive k values per load (matmul_k4.wgsl): A as vec4s,
+//               B as vec4s (f32) or vec2<u32>s (f16, 4 halves)
 #if SUBGROUPS
 enable subgroups;
 #endif
@@ -30,19 +32,33 @@ struct Params {
   flags: u32,         // FLAG_BIAS | FLAG_ADDEND | FLAG_BIAS_ROWS | activation << 3 (0 none, 1 silu, 2 gelu)
   scm: u32,           // element strides of C along m and n (n, 1; or 1, m for a transposed product)
   scn: u32,
+  scz: u32,           // element stride of C between batches (m * n unless C is a strided view)
+  c_off: u32,         // element offset of batch 0's element (0, 0) in the C binding
+  _pad0: u32,
+  _pad1: u32,
 }
 
+#if K4
+@group(0) @binding(0) var<storage, read> A: array<vec4<f32>>;
+#if B_F16
+@group(0) @binding(1) var<storage, read> B: array<vec2<u32>>;
+#else
+@group(0) @binding(1) var<storage, read> B: array<vec4<f32>>;
+#endif
+#else
 @group(0) @binding(0) var<storage, read> A: array<f32>;
 #if B_F16
 @group(0) @binding(1) var<storage, read> B: array<u32>;
 #else
 @group(0) @binding(1) var<storage, read> B: array<f32>;
 #endif
+#endif
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read> addend: array<f32>;
 @group(0) @binding(4) var<storage, read_write> C: array<f32>;
 @group(0) @binding(5) var<uniform> p: Params;
 
+#if !K4
 fn load_b(i: u32) -> f32 {
 #if B_F16
   let pair = unpack2x16float(B[i >> 1u]);
@@ -51,6 +67,7 @@ fn load_b(i: u32) -> f32 {
   return B[i];
 #endif
 }
+#endif
 
 /// Element offsets of batch z's A and B matrices.
 fn batch_offsets(z: u32) -> vec2<u32> {
@@ -81,7 +98,8 @@ const FLAG_BIAS_ROWS = 4u;  // the bias runs along m (the product was computed t
 const ACT_SILU = 1u;
 const ACT_GELU = 2u;
 
-/// Write one output element (callers guard m < p.m and n < p.n). `c_base` is the batch's offset in C.
+/// Write one output element (callers guard m < p.m and n < p.n). `c_base` is the batch's offset in C
+/// (p.c_off + z * p.scz).
 /// The bias and the addend are indexed like the output element.
 fn epilogue(acc: f32, c_base: u32, m: u32, n: u32) {
   var v = p.alpha * acc;

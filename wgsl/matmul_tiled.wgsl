@@ -65,7 +65,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     workgroupBarrier();
   }
 
-  let c_base = z * p.m * p.n;
+  let c_base = p.c_off + z * p.scz;
   for (var i = 0u; i < 4u; i++) {
     let m = m0 + 4u * ty + i;
     for (var j = 0u; j < 4u; j++) {

@@ -4,12 +4,22 @@
 import commonSrc from "../../../wgsl/matmul_common.wgsl" with { type: "text" };
 import registerSrc from "../../../wgsl/matmul.wgsl" with { type: "text" };
 import tiledSrc from "../../../wgsl/matmul_tiled.wgsl" with { type: "text" };
+import k4Src from "../../../wgsl/matmul_k4.wgsl" with { type: "text" };
 import { gpu, type GpuBinding } from "../../gpu/device.ts";
 import { Tensor, numel, shapeStr } from "../tensor.ts";
 import { broadcastShapes, broadcastStrides } from "./shape.ts";
 import { matmulTuning, registerRowGroups } from "./matmul_tuning.ts";
+import { unrolledSource } from "./unroll.ts";
 
 const REGISTER_SOURCE = commonSrc + "\n" + registerSrc;
+const K4_SOURCE = commonSrc + "\n" + k4Src;
+
+let k4Enabled = true;
+const K4_ROW_GROUPS = 2;
+/** Use the vec4-along-k register kernel where both operands are contiguous along k (tests and benchmarks compare). */
+export function setMatmulK4(on: boolean): void {
+  k4Enabled = on;
+}
 const TILED_SOURCE = commonSrc + "\n" + tiledSrc;
 
 export type Activation = "none" | "silu" | "gelu";
@@ -90,8 +100,31 @@ function padFront(v: number[], fill: number): number[] {
   return [...new Array(MAX_BATCH_DIMS - v.length).fill(fill), ...v];
 }
 
+/**
+ * Where `gemmInto` writes C: element (z, m, n) of the product goes to element
+ * `offset + z * sz + m * sm + n * sn` of `binding` (e.g. a conv's NCHW output written as the
+ * transposed product of pixels x channels). No fold of the batch into M happens then.
+ */
+export interface GemmTarget {
+  binding: GpuBinding;
+  offset: number;
+  sz: number;
+  sm: number;
+  sn: number;
+}
+
 /** C = act(alpha * op(A) op(B) + bias + addend), batched with numpy broadcasting of the batch dims. */
 export function gemm(a: Tensor, b: Tensor, opts: GemmOptions = {}): Tensor {
+  return launch(a, b, opts, null)!;
+}
+
+/** `gemm` writing into an existing buffer with explicit strides (no addend); see GemmTarget. */
+export function gemmInto(a: Tensor, b: Tensor, opts: GemmOptions, target: GemmTarget): void {
+  if (opts.addend) throw new Error(`${opts.op ?? "matmul"}: gemmInto takes no addend`);
+  launch(a, b, opts, target);
+}
+
+function launch(a: Tensor, b: Tensor, opts: GemmOptions, target: GemmTarget | null): Tensor | null {
   const op = opts.op ?? "matmul";
   const transA = opts.transA ?? false;
   const transB = opts.transB ?? false;
@@ -107,14 +140,14 @@ export function gemm(a: Tensor, b: Tensor, opts: GemmOptions = {}): Tensor {
   if (addend && (addend.dtype !== "f32" || addend.size !== numel(outShape))) {
     throw new Error(`${op}: addend ${shapeStr(addend.shape)} ${addend.dtype} does not match the output ${shapeStr(outShape)}`);
   }
-  const out = Tensor.empty(outShape, "f32", op);
+  const out = target ? null : Tensor.empty(outShape, "f32", op);
   const batchA = a.shape.slice(0, -2);
   const batchB = b.shape.slice(0, -2);
   const zCount = numel(batch);
   if (m === 0 || n === 0 || zCount === 0) return out;
 
   // One B for every batch and A rows contiguous across batches: fold the batch into M.
-  const fold = numel(batchB) === 1 && !transA;
+  const fold = numel(batchB) === 1 && !transA && !target;
   const rows = fold ? numel(batchA) * m : m;
   let bdims: number[] = [];
   let bsa: number[] = [];
@@ -142,7 +175,7 @@ export function gemm(a: Tensor, b: Tensor, opts: GemmOptions = {}): Tensor {
   // Element strides of op(A) along (m, k) and of op(B) along (k, n).
   let prod = {
     m: rows, n, sam: transA ? 1 : k, sak: transA ? m : 1, sbk: transB ? 1 : n, sbn: transB ? k : 1,
-    bsa, bsb, scm: n, scn: 1, biasRows: false,
+    bsa, bsb, scm: target ? target.sm : n, scn: target ? target.sn : 1, biasRows: false,
   };
   // The register kernel's workgroup spans 32 columns: for a narrow C (LoRA's rank-r products)
   // compute Cᵀ = op(B)ᵀ op(A)ᵀ instead and store it transposed, so no lane idles on clamped columns.
@@ -150,13 +183,23 @@ export function gemm(a: Tensor, b: Tensor, opts: GemmOptions = {}): Tensor {
   if (swap) {
     prod = {
       m: n, n: rows, sam: prod.sbn, sak: prod.sbk, sbk: prod.sak, sbn: prod.sam,
-      bsa: bsb, bsb: bsa, scm: 1, scn: n, biasRows: true,
+      bsa: bsb, bsb: bsa, scm: prod.scn, scn: prod.scm, biasRows: true,
     };
   }
   let kernel;
   let gx: number;
   let gy: number;
-  if (tuning.kind === "register") {
+  // Both operands contiguous along k, k a multiple of 4 and every row start 4-aligned: 4 k per load.
+  const k4 = tuning.kind === "register" && k4Enabled && k > 0 && k % 4 === 0 && prod.sak === 1 && prod.sbk === 1 &&
+    prod.sam % 4 === 0 && prod.sbn % 4 === 0 && [...prod.bsa, ...prod.bsb].every((v) => v % 4 === 0) && (!swap || !bF16);
+  if (tuning.kind === "register" && k4) {
+    // 16 rows: more accumulators spill and make the pipeline slow to compile and to run.
+    const rg = Math.min(K4_ROW_GROUPS, registerRowGroups(tuning, prod.m));
+    const defs = { SUBGROUPS: true, K4: true, B_F16: bF16, RG: rg, ROWS: 8 * rg, CG2: tuning.colGroups === 2, COLS: 32 * tuning.colGroups };
+    kernel = g.kernel("matmul_k4", unrolledSource("matmul_k4", K4_SOURCE, defs), defs);
+    gx = Math.ceil(prod.n / (32 * tuning.colGroups));
+    gy = Math.ceil(prod.m / (8 * rg));
+  } else if (tuning.kind === "register") {
     const rg = registerRowGroups(tuning, prod.m);
     kernel = g.kernel("matmul", REGISTER_SOURCE, {
       SUBGROUPS: true,
@@ -183,15 +226,15 @@ export function gemm(a: Tensor, b: Tensor, opts: GemmOptions = {}): Tensor {
     (ACT_CODE[opts.activation ?? "none"] << ACT_SHIFT);
   const [first, second] = swap ? [b, a] : [a, b];
   const dummy: GpuBinding = a.binding();
-  const bindings = [first.binding(), second.binding(), bias ? bias.binding() : dummy, addend ? addend.binding() : dummy, out.binding()];
+  const bindings = [first.binding(), second.binding(), bias ? bias.binding() : dummy, addend ? addend.binding() : dummy, target ? target.binding : out!.binding()];
   for (let z0 = 0; z0 < zTotal; z0 += g.maxGroupsPerDim) {
     const gz = Math.min(g.maxGroupsPerDim, zTotal - z0);
     g.dispatch(kernel, bindings, [
-      "u".repeat(20) + "fuuu",
+      "u".repeat(20) + "fuuuuuuu",
       prod.m, prod.n, k, z0,
       prod.sam, prod.sak, prod.sbk, prod.sbn,
       ...padFront(bdims, 1), ...padFront(prod.bsa, 0), ...padFront(prod.bsb, 0),
-      opts.alpha ?? 1, flags, prod.scm, prod.scn,
+      opts.alpha ?? 1, flags, prod.scm, prod.scn, target ? target.sz : prod.m * prod.n, target ? target.offset : 0, 0, 0,
     ], [gx, gy, gz]);
   }
   return out;
