@@ -3,7 +3,7 @@
 // sharing (CPU adapters) and the workgroup-memory tiles (real GPUs), which all run on lavapipe.
 import { describe, expect, test } from "bun:test";
 import { gpu } from "../src/gpu/device.ts";
-import { Tensor, backward, clearTape } from "../src/tensor/index.ts";
+import { Tensor, backward, clearTape, noGrad } from "../src/tensor/index.ts";
 import * as ops from "../src/tensor/ops/index.ts";
 import { setBindingLimitForTests } from "../src/tensor/ops/conv_geometry.ts";
 import { type ConvTuning, setConvTuning } from "../src/tensor/ops/conv_tuning.ts";
@@ -240,6 +240,35 @@ describe("conv2d, more", () => {
             clearTape();
           }
         }
+      }
+    }
+  });
+
+  test("the im2col + matmul forward (CPU adapters, Cout >= 256, Cin*kh*kw % 4 == 0): strides, padding, f16 weights, image and row chunks", async () => {
+    const cases: [ConvRefGeometry, number | null][] = [
+      [geo(2, 4, 5, 6, 256, 3, 3, [1, 1], [1, 1, 1, 1]), null],
+      [geo(1, 8, 7, 6, 260, 3, 3, [2, 2], [0, 1, 0, 1]), null],
+      [geo(2, 12, 4, 5, 300, 1, 1, [1, 1], [0, 0, 0, 0]), null],
+      [geo(3, 4, 5, 6, 256, 3, 3, [1, 1], [1, 1, 1, 1]), 40 * 1024], // an image per chunk
+      [geo(1, 64, 4, 4, 256, 3, 3, [1, 1], [1, 1, 1, 1]), 32 * 1024], // chunks of output rows
+    ];
+    let seed = 1200;
+    for (const [g, limit] of cases) {
+      for (const f16 of gpu().hasF16 ? [false, true] : [false]) {
+        const d = data(g, (seed += 10));
+        const wv = f16 ? d.w.map((v) => f16BitsToF32(f32ToF16Bits(v))) : d.w;
+        const x = toGpu(d.x, [g.n, g.cin, g.h, g.w]);
+        const w = f16 ? Tensor.from(f32ArrayOf(wv), [g.cout, g.cin, g.kh, g.kw], "f16") : toGpu(d.w, [g.cout, g.cin, g.kh, g.kw]);
+        const b = toGpu(d.b, [g.cout]);
+        if (limit) setBindingLimitForTests(limit);
+        try {
+          const y = noGrad(() => ops.conv2d(x, w, b, opts(g)));
+          expectClose(await y.read(), conv2dRef(d.x, wv, d.b, g), FWD_TOL, `${JSON.stringify(g)} f16=${f16} limit=${limit}`);
+          y.dispose();
+        } finally {
+          setBindingLimitForTests(null);
+        }
+        for (const t of [x, w, b]) t.dispose();
       }
     }
   });

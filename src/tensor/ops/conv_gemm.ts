@@ -7,10 +7,13 @@ import prepSrc from "../../../wgsl/conv2d_prep.wgsl" with { type: "text" };
 import tiledSrc from "../../../wgsl/conv2d_tiled.wgsl" with { type: "text" };
 import weightsSrc from "../../../wgsl/conv2d_weights.wgsl" with { type: "text" };
 import wgradSrc from "../../../wgsl/conv2d_wgrad.wgsl" with { type: "text" };
+import im2colSrc from "../../../wgsl/conv2d_im2col.wgsl" with { type: "text" };
+import { gemmInto } from "./matmul_gemm.ts";
+import { matmulTuning } from "./matmul_tuning.ts";
 import { gpu, type Uniforms } from "../../gpu/device.ts";
 import { Tensor } from "../tensor.ts";
 import { keep } from "../scope.ts";
-import { type ConvGeometry, planPasses, windowBinding } from "./conv_geometry.ts";
+import { type ConvGeometry, bindingLimitBytes, planPasses, windowBinding } from "./conv_geometry.ts";
 import { type RegisterTiles, type SharedTiles, convTuning } from "./conv_tuning.ts";
 
 const roundUp = (v: number, m: number) => Math.ceil(v / m) * m;
@@ -87,9 +90,67 @@ export function convGemm(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tens
   const dstShape = mode === "forward" ? [geo.n, geo.cout, geo.ho, geo.wo] : [geo.n, geo.cin, geo.h, geo.w];
   const dst = Tensor.empty(dstShape, "f32", mode === "forward" ? "conv2d" : "conv2d.grad_input");
   if (dst.size === 0) return dst;
+  if (mode === "forward" && tiles.kind === "register" && im2colEnabled && convIm2col(src, weight, bias, geo, dst)) return dst;
   if (tiles.kind === "register") convRegister(mode, src, weight, bias, geo, dst, tiles);
   else convTiled(mode, src, weight, bias, geo, dst, tiles);
   return dst;
+}
+
+let im2colEnabled = true;
+const IM2COL_MIN_COUT = 256;
+
+/** Use the im2col + matmul form of the forward on CPU adapters where it applies (tests and benchmarks compare). */
+export function setConvIm2col(on: boolean): void {
+  im2colEnabled = on;
+}
+
+/**
+ * The forward as im2col + matmul (CPU adapters): the patches of a chunk of output rows
+ * [pixels, K = Cin * kh * kw] times the weight in torch's layout [Cout, K] (f32 or f16, no copy),
+ * stored transposed straight into the NCHW output with the bias fused. Both operands are contiguous
+ * along K, which the vec4 register matmul (matmul_k4.wgsl) needs; K % 4 == 0 is required. Chunks
+ * of images (or of output rows within an image) keep the patch buffer under the binding limit.
+ * Returns false (nothing recorded) where this form does not apply.
+ */
+function convIm2col(x: Tensor, weight: Tensor, bias: Tensor | null, geo: ConvGeometry, dst: Tensor): boolean {
+  const g = gpu();
+  const taps = geo.kh * geo.kw;
+  const K = geo.cin * taps;
+  const plane = geo.ho * geo.wo;
+  const limit = Math.floor((bindingLimitBytes() - 2 * (g.limits.minStorageBufferOffsetAlignment ?? 256)) / 4);
+  const srcImg = geo.cin * geo.h * geo.w;
+  const dstImg = geo.cout * plane;
+  // The patch copy costs about as much as Cout / 30 of the product's multiply-adds per element:
+  // worth it for wide outputs only (measured on lavapipe: 1.1-1.2x at Cout 320-1280, slower at 32).
+  if (K % 4 !== 0 || geo.cout < IM2COL_MIN_COUT || matmulTuning(g).kind !== "register" || (bias && bias.dtype !== "f32")) return false;
+  if (srcImg > limit || dstImg > limit || K * geo.wo > limit) return false;
+  const rowsPerChunk = Math.min(geo.ho, Math.floor(limit / (K * geo.wo)));
+  const imgsPerChunk = rowsPerChunk === geo.ho ? Math.max(1, Math.min(Math.floor(limit / (K * plane)), Math.floor(limit / srcImg), Math.floor(limit / dstImg))) : 1;
+  const kernel = g.kernel("conv2d_im2col", im2colSrc);
+  const w2 = new Tensor(weight.storage, [geo.cout, K], weight.dtype, weight.label, false); // a view of the weight
+  weight.storage.refs++;
+  try {
+    for (let n0 = 0; n0 < geo.n; n0 += imgsPerChunk) {
+      const nc = Math.min(imgsPerChunk, geo.n - n0);
+      const s = windowBinding(x, n0 * srcImg, nc * srcImg);
+      const d = windowBinding(dst, n0 * dstImg, nc * dstImg);
+      for (let y0 = 0; y0 < geo.ho; y0 += rowsPerChunk) {
+        const rows = Math.min(rowsPerChunk, geo.ho - y0);
+        const cols = Tensor.empty([nc, rows * geo.wo, K], "f32", "conv2d.im2col");
+        const u: Uniforms = ["u".repeat(16), geo.cin, geo.h, geo.w, geo.wo, geo.kh, geo.kw, geo.sh, geo.sw, geo.pt, geo.pl, s.skip, y0, rows, 0, 0, 0];
+        for (let z0 = 0; z0 < nc * geo.cin; z0 += g.maxGroupsPerDim) {
+          // (z0 > 0 only for more than 65535 image-channels: never with the chunk sizes above)
+          g.dispatch(kernel, [s.binding, cols.binding()], u, [Math.ceil(geo.wo / 64), rows, Math.min(g.maxGroupsPerDim, nc * geo.cin - z0)]);
+        }
+        // C[i][q][co] -> dst[n0 + i][co][y0 * wo + q]
+        gemmInto(cols, w2, { transB: true, bias, op: "conv2d" }, { binding: d.binding, offset: d.skip + y0 * geo.wo, sz: dstImg, sm: 1, sn: plane });
+        cols.dispose();
+      }
+    }
+  } finally {
+    w2.dispose();
+  }
+  return true;
 }
 
 function convRegister(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tensor | null, geo: ConvGeometry, dst: Tensor, t: RegisterTiles): void {
