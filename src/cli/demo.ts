@@ -31,8 +31,9 @@ export const DEMO_SETTINGS = [
   "sample.batch_size=8",
   "sample.num_batches_per_epoch=1",
   "train.batch_size=1",
-  "train.learning_rate=0.01",
-  "train.clip_range=0.5",
+  "train.learning_rate=0.003",
+  "train.adam_beta2=0.99",
+  "train.clip_range=0.2",
   "reward.alpha=0",
   "reward.layers=res:2",
   "per_prompt_stat_tracking.buffer_size=16",
@@ -135,7 +136,7 @@ export function register(program: Command): void {
     .command("demo")
     .description("synthesise data, train the embedded tiny model with the attention reward, evaluate before/after, write a report")
     .option("--out <dir>", "run folder (default runs/demo-<time>)")
-    .option("--epochs <n>", "training epochs", num("--epochs", 1, 10000, true), 12)
+    .option("--epochs <n>", "training epochs", num("--epochs", 1, 10000, true), 16)
     .option("--samples <n>", "synthetic training edits", num("--samples", 1, 10000, true), 4)
     .action(action(async (o: DemoOptions) => await demo(o)));
 }
