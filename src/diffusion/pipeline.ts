@@ -4,6 +4,7 @@
 // the empty prompt.
 import { join } from "node:path";
 import { Tensor } from "../tensor/tensor.ts";
+import { gpu } from "../gpu/device.ts";
 import * as ops from "../tensor/ops/index.ts";
 import { noGrad } from "../tensor/autograd.ts";
 import { scope } from "../tensor/scope.ts";
@@ -209,4 +210,23 @@ export function sampleChain(m: IP2PModels, cond: GuidedConditioning, shape: read
 export function disposeTrajectory(t: Trajectory): void {
   for (const x of t.latents) x.dispose();
   for (const l of t.logProbs ?? []) l.dispose();
+}
+
+/**
+ * Explicit warm-up: run one guided UNet step, a VAE encode and a decode on zeros so every kernel the
+ * sampling loop uses is compiled before the first real (timed) call.
+ */
+export async function warmup(m: IP2PModels, latentShape: readonly number[]): Promise<void> {
+  const [B, , h, w] = latentShape;
+  const f = m.vae.scaleFactor;
+  noGrad(() =>
+    scope(() => {
+      const prompts = encodePrompts(m, new Array(B).fill(""));
+      const lat = encodeImages(m, ops.zeros([B, 3, h * f, w * f]));
+      const cond = guidedConditioning(m, prompts.embeds, lat);
+      guidedNoise(m, ops.zeros(latentShape), new Array(B).fill(1), cond, { text: 1, image: 1 });
+      decodeLatents(m, ops.zeros(latentShape));
+    })
+  );
+  await gpu().sync();
 }

@@ -23,6 +23,7 @@ import {
   type GuidedConditioning,
   type IP2PModels,
   sampleChain,
+  warmup,
 } from "../diffusion/pipeline.ts";
 import { AttentionMapRecorder, type CrossAttentionLayer, crossAttentionLayers } from "../diffusion/attention_store.ts";
 import { stepLogProb } from "../diffusion/score.ts";
@@ -133,6 +134,8 @@ export class Trainer {
       initLora(unet, this.cfg.lora.rank, mixSeeds(this.cfg.seed, 3), this.cfg.lora.rank * loraScale(this.cfg));
       this.startEpoch = 0;
     }
+    // compile every sampling kernel now, so epoch timings do not include it
+    await warmup(this.models, [this.cfg.sample.batch_size, this.models.config.unet.outChannels, this.latentSide, this.latentSide]);
     // fixed samples for the per-save pictures: the dataset's first report.num_samples rows
     this.fixedSamples = [];
     for await (const s of this.dataset.samples()) {
