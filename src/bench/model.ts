@@ -132,8 +132,12 @@ export interface ModelTiming {
   peakBytes: number;
 }
 
-/** First call, one warm-up, then `reps` timed calls; peak pool bytes over all of them. */
+/**
+ * First call, `warmup` untimed calls, then `reps` timed calls; peak pool bytes over all of them.
+ * `reps` 0 times the first call only (long runs that only need the memory peak).
+ */
 export async function timeModel(fn: () => Promise<void> | void, reps: number, warmup = 1): Promise<ModelTiming> {
+  if (reps === 0) warmup = 0;
   const g = gpu();
   await g.sync();
   g.pool.trim();
@@ -158,8 +162,9 @@ export async function timeModel(fn: () => Promise<void> | void, reps: number, wa
   const cpu = process.cpuUsage(cpu0);
   const cores = (cpu.user + cpu.system) / 1000 / (performance.now() - wall0);
   const sorted = [...all].sort((a, b) => a - b);
-  const cpuMs = (cpu.user + cpu.system) / 1000 / reps;
-  return { firstMs, ms: sorted[Math.floor(sorted.length / 2)], all, cores, cpuMs, peakBytes: g.pool.snapshot().peakAllocatedBytes };
+  const cpuMs = reps > 0 ? (cpu.user + cpu.system) / 1000 / reps : NaN;
+  const ms = reps > 0 ? sorted[Math.floor(sorted.length / 2)] : firstMs;
+  return { firstMs, ms, all, cores, cpuMs, peakBytes: g.pool.snapshot().peakAllocatedBytes };
 }
 
 /** One more call under the timestamp profiler: per-kernel GPU time, largest first. */
