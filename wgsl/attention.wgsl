@@ -6,6 +6,8 @@
 //   update   acc[r][t] += sum over the block's keys of p * v_key[chunk lane + 8t]   (lane owns chunks)
 // then O = acc / sum_lanes(l) and lse = M + log(sum_lanes(l)) per query.
 // Loops over per-lane arrays are `#unroll`ed (src/tensor/ops/unroll.ts) so every index is constant.
+// QG = ceil(R / 8) query rows per lane are loaded per head-dim chunk (tiles of up to 8 * QG rows:
+// more rows per tile reuse each key and value load for more queries).
 
 @group(0) @binding(0) var<storage, read> q: Buf;
 @group(0) @binding(1) var<storage, read> k: Buf;
@@ -39,9 +41,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let b = bh / p.H;
   let h = bh % p.H;
   let q0 = (wg % p.blocks) * R;
-  // lane r loads tile row r and the lanes exchange them (rows past the tile or sequence are clamped);
-  // one load site plus shuffles compiles far faster on lavapipe than R same-address loads
-  let q_mine = b * p.qs.x + h * p.qs.y + min(q0 + min(lane, R - 1u), p.Lq - 1u) * p.qs.z;
+  // lane r loads tile row r (and 8 + r, ... for tiles of more than 8 rows) and the lanes exchange
+  // them (rows past the tile or sequence are clamped); one load site per 8 rows plus shuffles
+  // compiles far faster on lavapipe than R same-address loads
+#unroll g QG
+  let q_mine$g = b * p.qs.x + h * p.qs.y + min(q0 + min(8u * $g + lane, R - 1u), p.Lq - 1u) * p.qs.z;
+#endunroll
   var k_end = p.Lk;
   if (p.causal != 0u) { k_end = min(p.Lk, min(q0 + R - 1u, p.Lq - 1u) + 1u); }
   let k_head = b * p.ks.x + h * p.ks.y;
@@ -62,14 +67,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     kbase[$u] = k_head + min(j0 + lane + $u * 8u, p.Lk - 1u) * p.ks.z;
 #endunroll
     for (var c = 0u; c < D4; c++) {
-      let qm = load_q(q_mine, c);
+      let qm = array<vec4<f32>, {{QG}}>(
+#unroll g QG
+        load_q(q_mine$g, c),
+#endunroll
+      );
       var kc = array<vec4<f32>, KPL>();
 #unroll u KPL
       kc[$u] = load_k(kbase[$u], c);
 #endunroll
 #unroll r R
       {
-        let qr = lane_get4(qm, $r, lane);
+        let qr = lane_get4(qm[$r / 8], $r % 8, lane);
 #unroll u KPL
         s[$r][$u] += dot(qr, kc[$u]);
 #endunroll

@@ -57,6 +57,8 @@ export interface AttentionTuning {
   rows: number;
   /** Block rows per lane per step of the forward (8 * keys keys per online-softmax step). */
   keys: number;
+  /** Query rows per forward tile (8 or 16; default `rows`). */
+  fwdRows?: number;
   /** Block rows per lane per step of the backward kernels. */
   bwdKeys: number;
   /** Exchange values between lanes with subgroup operations (default: when the adapter has them). */
@@ -67,11 +69,13 @@ export interface AttentionTuning {
 // keys in the forward; 1 key per step is best in the backward at d 40 and 80. Real GPUs have not
 // been measured yet and use the same shape.
 const TUNING: Record<"cpu" | "gpu", AttentionTuning> = {
-  cpu: { rows: 8, keys: 2, bwdKeys: 1 },
+  cpu: { rows: 8, keys: 2, bwdKeys: 1, fwdRows: 16 },
   gpu: { rows: 8, keys: 2, bwdKeys: 1 },
 };
 /** Per-lane accumulator budget in vec4s: wide heads get fewer rows per tile. */
 const ACC_BUDGET = 32;
+/** Forward tiles may hold more accumulators (vec4s per lane): measured faster on lavapipe. */
+const FWD_ACC_BUDGET = 48;
 let override: AttentionTuning | null = null;
 
 /** Force a tile shape (benchmarks, tests); null restores the per-adapter default. */
@@ -91,6 +95,17 @@ function useSubgroups(): boolean {
   const g = gpu();
   const minSize = (g.adapter.info as unknown as { subgroupMinSize?: number }).subgroupMinSize ?? 8;
   return g.hasSubgroups && minSize >= 8 && (override?.subgroups ?? true);
+}
+
+/**
+ * Query rows per forward tile: up to `fwdRows` (tiles above 8 rows load 8 rows per lane group)
+ * within the accumulator budget, and not more than the queries there are (rounded up to 8).
+ */
+function fwdRows(d: number, t: AttentionTuning, lq: number): number {
+  const T = cdiv(cdiv(d, 4), 8);
+  const want = Math.min(t.fwdRows ?? t.rows, Math.max(t.rows, 8 * cdiv(lq, 8)));
+  const fit = Math.max(1, Math.floor(FWD_ACC_BUDGET / T));
+  return want <= 8 ? Math.min(want, 8, fit) : Math.max(8, Math.min(want, 8 * Math.floor(fit / 8)));
 }
 
 /** Rows per tile for head dim d with `accumulators` accumulator rows per tile row. */
@@ -180,9 +195,9 @@ function sdpa(op: string, geo: Geometry, q: Tensor, k: Tensor, v: Tensor, opts: 
   const out = Tensor.empty(q.shape, "f32", op);
   const lse = Tensor.empty([B, H, Lq], "f32", `${op}.lse`); // per-query logsumexp of the scaled scores
   if (B * H * Lq > 0) {
-    const rows = tileRows(d, t.rows, 1);
+    const rows = fwdRows(d, t, Lq);
     const tiles = cdiv(Lq, rows);
-    const kern = kernel("attention_fwd", commonSrc + fwdSrc, tileDefines(geo, rows, t.keys, {}));
+    const kern = kernel("attention_fwd", commonSrc + fwdSrc, tileDefines(geo, rows, t.keys, { QG: cdiv(rows, 8) }));
     g.dispatch(kern, [q.binding(), k.binding(), v.binding(), out.binding(), lse.binding()], attnParams(geo, causal, tiles, scale, 0, 0, 0, 0), g.grid(B * H * tiles));
     if (opts.capture) captureMaps(op, geo, q, k, lse, causal, scale, opts.capture);
   }
