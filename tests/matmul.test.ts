@@ -313,4 +313,30 @@ describe("matmul, vec4-along-k register kernel (both operands contiguous along k
     expectClose(await z.read(), refMatmul(a, [3, M, K], bT, [1, K, N]).data, fwdTol(K), "batched, B broadcast");
     z.dispose();
   });
+
+  test("an untransposed B (not contiguous along k: the scalar kernel) next to k4 products: f32 and f16, batched, narrow and wide", async () => {
+    if (!hasRegisterSubgroups(gpu())) return;
+    let seed = 500;
+    const cases: [number[], number[]][] = [[[33, 16], [16, 36]], [[3, 10, 20], [20, 12]], [[9, 8], [8, 4]], [[40, 12], [12, 100]], [[2, 17, 8], [2, 8, 68]]];
+    for (const [la, lb] of cases) {
+      for (const f16 of [false, true]) {
+        const a = randn(prod(la), (seed += 3));
+        const b = randn(prod(lb), seed + 1);
+        const bRef = f16 ? round16(b) : b;
+        const bT = f16 ? Tensor.from(Float32Array.from(b), lb, "f16") : toGpu(b, lb);
+        const want = refMatmul(a, la, bRef, lb).data;
+        for (const k4 of [true, false]) {
+          setMatmulK4(k4);
+          try {
+            const z = scope(() => ops.matmul(toGpu(a, la), bT));
+            expectClose(await z.read(), want, fwdTol(la.at(-1)!), `${JSON.stringify(la)} x ${JSON.stringify(lb)} f16=${f16} k4=${k4}`);
+            z.dispose();
+          } finally {
+            setMatmulK4(true);
+          }
+        }
+        bT.dispose();
+      }
+    }
+  });
 });
