@@ -102,8 +102,15 @@ const ACT_GELU = 2u;
 /// (p.c_off + z * p.scz).
 /// The bias and the addend are indexed like the output element.
 fn epilogue(acc: f32, c_base: u32, m: u32, n: u32) {
-  var v = p.alpha * acc;
-  if ((p.flags & FLAG_BIAS) != 0u) { v += bias[select(n, m, (p.flags & FLAG_BIAS_ROWS) != 0u)]; }
+  var b = 0.0;
+  if ((p.flags & FLAG_BIAS) != 0u) { b = bias[select(n, m, (p.flags & FLAG_BIAS_ROWS) != 0u)]; }
+  epilogue_b(acc, c_base, m, n, b);
+}
+
+/// `epilogue` with the element's bias already loaded (0 without one): kernels that store many rows
+/// of the same columns load each column's bias once (every load is a per-lane loop on lavapipe).
+fn epilogue_b(acc: f32, c_base: u32, m: u32, n: u32, b: f32) {
+  var v = p.alpha * acc + b;
   let ci = c_base + m * p.scm + n * p.scn;
   if ((p.flags & FLAG_ADDEND) != 0u) { v += addend[ci]; }
   let act = p.flags >> 3u;

@@ -90,6 +90,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   // accumulators are picked out by a short search.
   let c_base = p.c_off + z * p.scz;
   let rows = min({{ROWS}}u, p.m - min(m0, p.m));
+  // The bias of this lane's columns, loaded once (per row inside the loop when it runs along m).
+  let has_bias = (p.flags & FLAG_BIAS) != 0u;
+  let bias_rows = (p.flags & FLAG_BIAS_ROWS) != 0u;
+  var bc = vec4<f32>(0.0);
+#if CG2
+  var bh = vec4<f32>(0.0);
+#endif
+  if (has_bias && !bias_rows) {
+    bc = vec4<f32>(bias[min(nl, last_n)], bias[min(nl + 8u, last_n)], bias[min(nl + 16u, last_n)], bias[min(nl + 24u, last_n)]);
+#if CG2
+    bh = vec4<f32>(bias[min(nl + 32u, last_n)], bias[min(nl + 40u, last_n)], bias[min(nl + 48u, last_n)], bias[min(nl + 56u, last_n)]);
+#endif
+  }
   for (var r = 0u; r < rows; r++) {
     var v = vec4<f32>(0.0);
 #if CG2
@@ -106,15 +119,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
 #endunroll
 #endunroll
     let m = m0 + r;
-    if (nl < p.n) { epilogue(v.x, c_base, m, nl); }
-    if (nl + 8u < p.n) { epilogue(v.y, c_base, m, nl + 8u); }
-    if (nl + 16u < p.n) { epilogue(v.z, c_base, m, nl + 16u); }
-    if (nl + 24u < p.n) { epilogue(v.w, c_base, m, nl + 24u); }
+    var b = bc;
 #if CG2
-    if (nl + 32u < p.n) { epilogue(h.x, c_base, m, nl + 32u); }
-    if (nl + 40u < p.n) { epilogue(h.y, c_base, m, nl + 40u); }
-    if (nl + 48u < p.n) { epilogue(h.z, c_base, m, nl + 48u); }
-    if (nl + 56u < p.n) { epilogue(h.w, c_base, m, nl + 56u); }
+    var b2 = bh;
+#endif
+    if (has_bias && bias_rows) {
+      b = vec4<f32>(bias[m]);
+#if CG2
+      b2 = b;
+#endif
+    }
+    if (nl < p.n) { epilogue_b(v.x, c_base, m, nl, b.x); }
+    if (nl + 8u < p.n) { epilogue_b(v.y, c_base, m, nl + 8u, b.y); }
+    if (nl + 16u < p.n) { epilogue_b(v.z, c_base, m, nl + 16u, b.z); }
+    if (nl + 24u < p.n) { epilogue_b(v.w, c_base, m, nl + 24u, b.w); }
+#if CG2
+    if (nl + 32u < p.n) { epilogue_b(h.x, c_base, m, nl + 32u, b2.x); }
+    if (nl + 40u < p.n) { epilogue_b(h.y, c_base, m, nl + 40u, b2.y); }
+    if (nl + 48u < p.n) { epilogue_b(h.z, c_base, m, nl + 48u, b2.z); }
+    if (nl + 56u < p.n) { epilogue_b(h.w, c_base, m, nl + 56u, b2.w); }
 #endif
   }
 }
