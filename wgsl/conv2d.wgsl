@@ -129,20 +129,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
   }
 
+  // Rows outer: each row's bias is loaded once, not once per pixel (loads are per-lane loops).
   let dst_base = p.dst_off + n * p.dst_bstride;
-  for (var t = 0u; t < {{TN}}u; t++) {
-    let q = q0 + t * {{WG}}u;
-    if (q >= dst_hw) { continue; }
-    for (var r = 0u; r < {{TM}}u; r++) {
-      let m = m0 + r;
-      if (m >= p.m) { continue; }
+  for (var r = 0u; r < {{TM}}u; r++) {
+    let m = m0 + r;
+    if (m >= p.m) { break; }
+    var b = 0.0;
+    if (p.accumulate == 0u && p.has_bias != 0u) { b = f32(bias[p.m_first + m]); }
+    for (var t = 0u; t < {{TN}}u; t++) {
+      let q = q0 + t * {{WG}}u;
+      if (q >= dst_hw) { break; }
       let di = dst_base + m * dst_hw + q;
-      var v = acc[r * {{TN}}u + t];
-      if (p.accumulate != 0u) {
-        v += dst[di];
-      } else if (p.has_bias != 0u) {
-        v += f32(bias[p.m_first + m]);
-      }
+      var v = acc[r * {{TN}}u + t] + b;
+      if (p.accumulate != 0u) { v += dst[di]; }
       dst[di] = v;
     }
   }
