@@ -10,6 +10,7 @@ import { convTuning } from "../tensor/ops/conv_tuning.ts";
 import { convGemm } from "../tensor/ops/conv_gemm.ts";
 import { convGeometry } from "../tensor/ops/conv_geometry.ts";
 import type { BenchRow } from "./types.ts";
+import { pseudoRandom, timeCalls } from "./timing.ts";
 
 interface ConvShape {
   name: string;
@@ -31,41 +32,6 @@ export const CONV_SHAPES: ConvShape[] = [
   { name: "conv1x1", cin: 320, cout: 640, hw: 32, k: 1 },
   { name: "conv3x3 input grad", cin: 320, cout: 320, hw: 64, k: 3, inputGrad: true },
 ];
-
-function pseudoRandom(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 4294967296 - 0.5;
-  }
-  return out;
-}
-
-/** First call, one warm-up, then the median of `reps`; `cores` = CPU time / wall time while timed. */
-async function timeCalls(fn: () => void, reps: number): Promise<{ firstMs: number; ms: number; cores: number }> {
-  const g = gpu();
-  await g.sync();
-  let t0 = performance.now();
-  fn();
-  await g.sync();
-  const firstMs = performance.now() - t0;
-  fn();
-  await g.sync();
-  const times: number[] = [];
-  const cpu0 = process.cpuUsage();
-  const wall0 = performance.now();
-  for (let i = 0; i < reps; i++) {
-    t0 = performance.now();
-    fn();
-    await g.sync();
-    times.push(performance.now() - t0);
-  }
-  const cpu = process.cpuUsage(cpu0);
-  const cores = (cpu.user + cpu.system) / 1000 / (performance.now() - wall0);
-  times.sort((a, b) => a - b);
-  return { firstMs, ms: times[Math.floor(times.length / 2)], cores };
-}
 
 export async function benchConv(reps = 5, shapes = CONV_SHAPES): Promise<BenchRow[]> {
   const g = gpu();

@@ -7,6 +7,7 @@ import { Tensor, noGrad, scope } from "../tensor/index.ts";
 import * as ops from "../tensor/ops/index.ts";
 import { matmulTuning, setMatmulTuning, type MatmulTuning } from "../tensor/ops/matmul_tuning.ts";
 import type { BenchRow } from "./types.ts";
+import { pseudoRandom, timeCalls } from "./timing.ts";
 
 export interface MatmulBenchOptions {
   /** [M, K, N] triples; defaults to DEFAULT_MATMUL_SHAPES. */
@@ -26,44 +27,6 @@ export const DEFAULT_MATMUL_SHAPES: [number, number, number][] = [
   [4096, 1280, 320],
   [77, 768, 768],
 ];
-
-function pseudoRandom(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 4294967296 - 0.5;
-  }
-  return out;
-}
-
-/**
- * Wall time of `fn` (GPU work, synchronised): first call, then the median of `reps` after one warm-up.
- * `cores`: this process's CPU time over wall time during the timed runs (on lavapipe the kernels run
- * on our own threads, so less than the core count means other processes took the CPU).
- */
-async function timeCalls(fn: () => void, reps: number): Promise<{ firstMs: number; ms: number; cores: number }> {
-  const g = gpu();
-  await g.sync();
-  let t0 = performance.now();
-  fn();
-  await g.sync();
-  const firstMs = performance.now() - t0;
-  fn();
-  await g.sync();
-  const times: number[] = [];
-  const cpu0 = process.cpuUsage();
-  for (let i = 0; i < reps; i++) {
-    t0 = performance.now();
-    fn();
-    await g.sync();
-    times.push(performance.now() - t0);
-  }
-  const cpu = process.cpuUsage(cpu0);
-  const wall = times.reduce((x, y) => x + y, 0);
-  times.sort((a, b) => a - b);
-  return { firstMs, ms: times[Math.floor(times.length / 2)], cores: (cpu.user + cpu.system) / 1000 / wall };
-}
 
 export async function benchMatmul(opts: MatmulBenchOptions = {}): Promise<BenchRow[]> {
   const shapes = opts.shapes ?? DEFAULT_MATMUL_SHAPES;

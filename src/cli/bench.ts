@@ -8,6 +8,9 @@ import type { BenchRow } from "../bench/types.ts";
 import { cpuReference } from "../bench/reference.ts";
 import { benchElementwise } from "../bench/elementwise.ts";
 import { benchConv } from "../bench/conv.ts";
+import { benchMatmul } from "../bench/matmul.ts";
+import { benchAttention } from "../bench/attention.ts";
+import { benchGroupNorm } from "../bench/groupnorm.ts";
 import { benchUnet } from "../bench/unet.ts";
 import { benchTrainStep } from "../bench/train_step.ts";
 import type { ModelBenchOptions } from "../bench/model.ts";
@@ -17,6 +20,9 @@ type Suite = (opts: ModelBenchOptions) => Promise<BenchRow[]>;
 
 /** Kernel suites by name; model-level suites (unet, train-step) register themselves here too. */
 export const SUITES: Record<string, Suite> = {
+  matmul: () => benchMatmul(),
+  attention: () => benchAttention(),
+  groupnorm: () => benchGroupNorm(),
   elementwise: benchElementwise,
   conv: () => benchConv(),
   unet: (o) => benchUnet(o),

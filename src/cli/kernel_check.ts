@@ -2,22 +2,13 @@
 import { gpu } from "../gpu/device.ts";
 import { Tensor, scopeAsync } from "../tensor/index.ts";
 import * as ops from "../tensor/ops/index.ts";
+import { pseudoRandom } from "../bench/timing.ts";
 
 export interface SelfTestResult {
   name: string;
   ok: boolean;
   maxError: number;
   ms: number;
-}
-
-function pseudoRandom(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 32 - 0.5;
-  }
-  return out;
 }
 
 async function check(name: string, tol: number, run: () => Promise<[ArrayLike<number>, ArrayLike<number>]>): Promise<SelfTestResult> {
