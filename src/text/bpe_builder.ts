@@ -18,6 +18,7 @@ import { writeFileAtomic } from "../io/atomic.ts";
 import { SYNTH_VOCABULARY } from "../data/synth.ts";
 import { BYTE_TO_CHAR, bytesToSymbols } from "./byte_unicode.ts";
 import { fixText } from "./ftfy.ts";
+import { applyBpe } from "./clip_tokenizer.ts";
 
 export const BOS_TOKEN = "<|startoftext|>";
 export const EOS_TOKEN = "<|endoftext|>";
@@ -77,38 +78,6 @@ export function byteSymbolsInVocabOrder(): string[] {
   return [...printable, ...other];
 }
 
-/** The BPE algorithm on one pre-token given as stand-in symbols ("</w>" is added to its last symbol). */
-export function applyBpe(symbols: string, ranks: ReadonlyMap<string, number>): string[] {
-  const chars = [...symbols];
-  if (chars.length === 0) return [];
-  let word = chars.slice(0, -1);
-  word.push(chars[chars.length - 1] + WORD_END);
-  while (word.length > 1) {
-    let best = Infinity;
-    let first = "";
-    let second = "";
-    for (let i = 0; i < word.length - 1; i++) {
-      const r = ranks.get(`${word[i]} ${word[i + 1]}`);
-      if (r !== undefined && r < best) {
-        best = r;
-        first = word[i];
-        second = word[i + 1];
-      }
-    }
-    if (best === Infinity) break;
-    const merged: string[] = [];
-    for (let i = 0; i < word.length; i++) {
-      if (i < word.length - 1 && word[i] === first && word[i + 1] === second) {
-        merged.push(first + second);
-        i++;
-      } else {
-        merged.push(word[i]);
-      }
-    }
-    word = merged;
-  }
-  return word;
-}
 
 /** Build the vocabulary and merges that make each of `words` (already normalised pieces) one token. */
 export function buildBpeVocabulary(words: readonly string[]): BpeVocabulary {

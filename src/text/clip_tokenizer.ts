@@ -153,33 +153,7 @@ export class ClipTokenizer {
   private bpe(token: string): string[] {
     const cached = this.cache.get(token);
     if (cached) return cached;
-    const chars = [...token];
-    let word = chars.slice(0, -1);
-    word.push(chars[chars.length - 1] + "</w>");
-    while (word.length > 1) {
-      let best = Infinity;
-      let first = "";
-      let second = "";
-      for (let i = 0; i < word.length - 1; i++) {
-        const r = this.ranks.get(`${word[i]} ${word[i + 1]}`);
-        if (r !== undefined && r < best) {
-          best = r;
-          first = word[i];
-          second = word[i + 1];
-        }
-      }
-      if (best === Infinity) break;
-      const merged: string[] = [];
-      for (let i = 0; i < word.length; i++) {
-        if (i < word.length - 1 && word[i] === first && word[i + 1] === second) {
-          merged.push(first + second);
-          i++;
-        } else {
-          merged.push(word[i]);
-        }
-      }
-      word = merged;
-    }
+    const word = applyBpe(token, this.ranks);
     this.cache.set(token, word);
     return word;
   }
@@ -310,4 +284,37 @@ function readMerges(path: string): string[] {
     body[i] = line;
   }
   return body;
+}
+
+/** The BPE algorithm on one pre-token given as stand-in symbols ("</w>" is added to its last symbol). */
+export function applyBpe(symbols: string, ranks: ReadonlyMap<string, number>): string[] {
+  const chars = [...symbols];
+  if (chars.length === 0) return [];
+  let word = chars.slice(0, -1);
+  word.push(chars[chars.length - 1] + "</w>");
+  while (word.length > 1) {
+    let best = Infinity;
+    let first = "";
+    let second = "";
+    for (let i = 0; i < word.length - 1; i++) {
+      const r = ranks.get(`${word[i]} ${word[i + 1]}`);
+      if (r !== undefined && r < best) {
+        best = r;
+        first = word[i];
+        second = word[i + 1];
+      }
+    }
+    if (best === Infinity) break;
+    const merged: string[] = [];
+    for (let i = 0; i < word.length; i++) {
+      if (i < word.length - 1 && word[i] === first && word[i + 1] === second) {
+        merged.push(first + second);
+        i++;
+      } else {
+        merged.push(word[i]);
+      }
+    }
+    word = merged;
+  }
+  return word;
 }
