@@ -1,7 +1,8 @@
 // Atomic output files: write into a temporary file in the destination folder, then rename it over
 // the destination, so a crash or a full disk never leaves a half-written file under the real name.
-import { closeSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, existsSync, fsyncSync, openSync, renameSync, rmSync, unlinkSync, writeSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
+import process from "node:process";
 import { UserError } from "../errors.ts";
 
 function tempPathFor(path: string): string {
@@ -76,4 +77,30 @@ export function withAtomicFile(path: string, write: (fd: number) => void): void 
 export function writeFileAtomic(path: string, bytes: Uint8Array | string): void {
   const data = typeof bytes === "string" ? new TextEncoder().encode(bytes) : bytes;
   withAtomicFile(path, (fd) => writeAll(fd, data));
+}
+
+/** A unique hidden sibling path of `dir` for building a folder before it is moved into place. */
+export function tempSibling(dir: string): string {
+  const tag = `${process.pid}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
+  return join(dirname(dir), `.${basename(dir)}.tmp-${tag}`);
+}
+
+/**
+ * Move a fully built folder `tmp` to `target`, replacing what is there only once the new folder is
+ * in place (the old one is restored if the move fails). `label` names the folder in errors.
+ */
+export function publishFolder(tmp: string, target: string, label: string): void {
+  let old: string | null = null;
+  try {
+    if (existsSync(target)) {
+      old = tempSibling(target);
+      renameSync(target, old);
+    }
+    renameSync(tmp, target);
+  } catch (e) {
+    rmSync(tmp, { recursive: true, force: true });
+    if (old && !existsSync(target)) renameSync(old, target);
+    throw new UserError(`${label}: cannot move the folder into place: ${(e as Error).message}`);
+  }
+  if (old) rmSync(old, { recursive: true, force: true });
 }

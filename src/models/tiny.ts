@@ -22,11 +22,11 @@
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { homedir, tmpdir } from "node:os";
-import { basename, dirname, join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import process from "node:process";
 import tinySpecJson from "../../weights/tiny.json" with { type: "json" };
 import { UserError } from "../errors.ts";
-import { writeFileAtomic } from "../io/atomic.ts";
+import { publishFolder, tempSibling, writeFileAtomic } from "../io/atomic.ts";
 import { loadPipelineConfig, type PipelineConfig } from "../io/diffusers.ts";
 import { writeSafetensors, type TensorToWrite } from "../io/safetensors.ts";
 import { CLIPTextModel } from "../nn/clip_text.ts";
@@ -453,11 +453,6 @@ function materialise(dir: string, spec: TinySpec, variants: readonly string[]): 
   };
 }
 
-function tempSibling(dir: string): string {
-  const tag = `${process.pid}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
-  return join(dirname(dir), `.${basename(dir)}.tmp-${tag}`);
-}
-
 function isNonEmptyDir(path: string): boolean {
   return statSync(path).isDirectory() && readdirSync(path).length > 0;
 }
@@ -508,19 +503,7 @@ export function writeTinyCheckpoint(dir: string, opts: TinyOptions = {}): TinyCh
     throw new UserError(`${dir}: cannot create its parent folder: ${(e as Error).message}`);
   }
   const { tmp, info } = buildInTemp(target, spec, variants);
-  let old: string | null = null;
-  try {
-    if (existsSync(target)) {
-      old = tempSibling(target);
-      renameSync(target, old);
-    }
-    renameSync(tmp, target);
-  } catch (e) {
-    rmSync(tmp, { recursive: true, force: true });
-    if (old && !existsSync(target)) renameSync(old, target);
-    throw new UserError(`${dir}: cannot move the model into place: ${(e as Error).message}`);
-  }
-  if (old) rmSync(old, { recursive: true, force: true });
+  publishFolder(tmp, target, dir);
   return { dir: target, ...info };
 }
 

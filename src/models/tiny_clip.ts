@@ -13,10 +13,9 @@
 // default tiny InstructPix2Pix) and returns its path.
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
-import { join, resolve, dirname, basename } from "node:path";
-import process from "node:process";
+import { join, resolve, dirname } from "node:path";
 import { UserError } from "../errors.ts";
-import { writeFileAtomic } from "../io/atomic.ts";
+import { publishFolder, tempSibling, writeFileAtomic } from "../io/atomic.ts";
 import { writeSafetensors, type TensorToWrite } from "../io/safetensors.ts";
 import { hostRandn } from "../nn/load.ts";
 import { CLIPModel, parseClipConfig } from "../nn/clip_model.ts";
@@ -168,11 +167,6 @@ function materialise(dir: string, opts: TinyClipOptions): void {
   writeSafetensors(join(dir, "model.safetensors"), tensors, { format: "pt" });
 }
 
-function tempSibling(dir: string): string {
-  const tag = `${process.pid}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
-  return join(dirname(dir), `.${basename(dir)}.tmp-${tag}`);
-}
-
 /** Build in a temporary sibling of `dir`; returns it. UserErrors name `dir`. */
 function buildInTemp(dir: string, opts: TinyClipOptions): string {
   const tmp = tempSibling(dir);
@@ -204,19 +198,7 @@ export function writeTinyClip(dir: string, opts: TinyClipOptions = {}): string {
   }
   mkdirSync(dirname(target), { recursive: true });
   const tmp = buildInTemp(target, opts);
-  let old: string | null = null;
-  try {
-    if (existsSync(target)) {
-      old = tempSibling(target);
-      renameSync(target, old);
-    }
-    renameSync(tmp, target);
-  } catch (e) {
-    rmSync(tmp, { recursive: true, force: true });
-    if (old && !existsSync(target)) renameSync(old, target);
-    throw new UserError(`${dir}: cannot move the folder into place: ${(e as Error).message}`);
-  }
-  if (old) rmSync(old, { recursive: true, force: true });
+  publishFolder(tmp, target, dir);
   return target;
 }
 
