@@ -4,7 +4,7 @@ import { benchMatmul } from "../src/bench/matmul.ts";
 import { Tensor, backward, clearTape, noGrad, scope } from "../src/tensor/index.ts";
 import * as ops from "../src/tensor/ops/index.ts";
 import { f16BitsToF32, f32ToF16Bits } from "../src/tensor/f16.ts";
-import { hasRegisterSubgroups, setMatmulTuning, type MatmulTuning } from "../src/tensor/ops/matmul_tuning.ts";
+import { hasRegisterSubgroups, setMatmulTuning, tiledDepth, tiledPer, type MatmulTuning } from "../src/tensor/ops/matmul_tuning.ts";
 import { setMatmulK4 } from "../src/tensor/ops/matmul_gemm.ts";
 import { expectClose, gradCheck, prod, randn, toGpu, useGpu } from "./helpers.ts";
 import { type RefActivation, refLinear, refLora, refMatmul } from "./ref/matmul.ts";
@@ -18,7 +18,8 @@ const fwdTol = (k: number) => ({ atol: 1e-6 * k + 1e-5, rtol: 1e-5 });
 
 const KERNELS: Record<string, MatmulTuning> = {
   register: { kind: "register", rowGroups: 4, colGroups: 1 },
-  tiled: { kind: "tiled" },
+  "tiled 64x64": { kind: "tiled", per: 4 },
+  "tiled 128x128": { kind: "tiled", per: 8 },
 };
 
 /** Force `kernel`; false when this adapter cannot run it (then the per-adapter choice must avoid it). */
@@ -47,6 +48,7 @@ const FORWARD_CASES: [number[], number[]][] = [
   [[9, 4], [2, 3, 4, 6]],
   [[2, 1, 5, 4], [1, 3, 4, 6]],
   [[2, 40, 16], [2, 16, 33]],
+  [[131, 21], [21, 133]],
 ];
 
 for (const kernel of Object.keys(KERNELS)) {
@@ -338,5 +340,20 @@ describe("matmul, vec4-along-k register kernel (both operands contiguous along k
         bT.dispose();
       }
     }
+  });
+});
+
+describe("tiled matmul tile size", () => {
+  test("auto takes 128x128 tiles only when the output has enough of them to fill a large GPU", () => {
+    const auto = { kind: "tiled", per: "auto" } as const;
+    expect(tiledPer(auto, 4096, 1280, 1)).toBe(8); // 32 x 10 tiles of 128
+    expect(tiledPer(auto, 4096, 320, 1)).toBe(4); // 32 x 3: too few
+    expect(tiledPer(auto, 64, 64, 1)).toBe(4);
+    expect(tiledPer(auto, 1024, 1024, 1)).toBe(4); // 64 tiles: 64x64 gives 256 workgroups
+    expect(tiledPer(auto, 2048, 2048, 1)).toBe(8);
+    expect(tiledPer(auto, 128, 128, 200)).toBe(8); // batches count
+    expect(tiledPer({ kind: "tiled", per: 4 }, 8192, 8192, 1)).toBe(4);
+    expect(tiledDepth(8) * 128).toBe(1024);
+    expect(tiledDepth(4) * 64).toBe(1024);
   });
 });

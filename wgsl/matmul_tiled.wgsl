@@ -1,14 +1,24 @@
-// Workgroup-memory tiled matmul for real GPUs: a workgroup of 16 x 16 invocations owns a 64 x 64
-// tile of C and walks K in steps of 16, staging a 64 x 16 slice of A and a 16 x 64 slice of B in
-// workgroup memory; each invocation keeps 4 x 4 accumulators (rows 4 ty + i, columns 4 tx + j).
+// Workgroup-memory tiled matmul for real GPUs: a workgroup of 16 x 16 invocations owns a
+// TILE x TILE tile of C (TILE = 16 * PER) and walks K in steps of DEPTH, staging a TILE x DEPTH
+// slice of A and a DEPTH x TILE slice of B in workgroup memory as vec4s; each invocation keeps
+// PER x PER accumulators. Its rows and columns are interleaved in groups of 4 (group v of
+// invocation (tx, ty) is vec4 column tx + 16 v, vec4 row ty + 16 v), so the 16 lanes of a row read
+// 16 consecutive vec4s from workgroup memory (no bank conflicts) and loads are 128-bit.
 // Out-of-range elements are staged as zeros, so any M, N, K works.
-// (Appended to matmul_common.wgsl; no extra defines.)
+// (Appended to matmul_common.wgsl.)
+// defines:
+//   PER     accumulators per invocation along each side: 4 (64 x 64 tiles) or 8 (128 x 128)
+//   DEPTH   K step: TILE * DEPTH must be a multiple of 1024 (each invocation stages whole vec4 rows)
 
-const TILE = 64u;
-const DEPTH = 16u;
+const PER = {{PER}}u;
+const PV = PER / 4u;               // vec4 groups per invocation along each side
+const TILE = 16u * PER;
+const TILE4 = TILE / 4u;           // vec4s per tile row
+const DEPTH = {{DEPTH}}u;
+const STAGE = TILE * DEPTH / 256u; // elements of each operand one invocation stages per K step
 
-var<workgroup> tile_a: array<f32, 1024>;  // [k][m], DEPTH x TILE
-var<workgroup> tile_b: array<f32, 1024>;  // [k][n], DEPTH x TILE
+var<workgroup> tile_a: array<vec4<f32>, TILE4 * DEPTH>;  // [k][m / 4]
+var<workgroup> tile_b: array<vec4<f32>, TILE4 * DEPTH>;  // [k][n / 4]
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -18,13 +28,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let n0 = wid.x * TILE;
   let tx = lid % 16u;
   let ty = lid / 16u;
-  // Staging order: consecutive invocations walk the operand's contiguous dimension.
+  // Staging order: consecutive invocations walk the operand's contiguous dimension in global memory.
   let a_m_fast = p.sam == 1u;
   let b_n_fast = p.sbn == 1u;
 
-  var acc: array<f32, 16>;
+  var acc: array<vec4<f32>, PER * PV>;  // [row i][vec4 column group v]
   for (var k0 = 0u; k0 < p.k; k0 += DEPTH) {
-    for (var s = 0u; s < 4u; s++) {
+    for (var s = 0u; s < STAGE; s++) {
       let e = lid + s * 256u;
       var mm = e / DEPTH;
       var ka = e % DEPTH;
@@ -36,7 +46,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let k = k0 + ka;
       var va = 0.0;
       if (m < p.m && k < p.k) { va = A[offs.x + m * p.sam + k * p.sak]; }
-      tile_a[ka * TILE + mm] = va;
+      tile_a[ka * TILE4 + mm / 4u][mm % 4u] = va;
 
       var nn = e % TILE;
       var kb = e / TILE;
@@ -48,17 +58,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let kk = k0 + kb;
       var vb = 0.0;
       if (n < p.n && kk < p.k) { vb = load_b(offs.y + kk * p.sbk + n * p.sbn); }
-      tile_b[kb * TILE + nn] = vb;
+      tile_b[kb * TILE4 + nn / 4u][nn % 4u] = vb;
     }
     workgroupBarrier();
     for (var kk = 0u; kk < DEPTH; kk++) {
-      let a = vec4<f32>(tile_a[kk * TILE + 4u * ty], tile_a[kk * TILE + 4u * ty + 1u],
-                        tile_a[kk * TILE + 4u * ty + 2u], tile_a[kk * TILE + 4u * ty + 3u]);
-      let b = vec4<f32>(tile_b[kk * TILE + 4u * tx], tile_b[kk * TILE + 4u * tx + 1u],
-                        tile_b[kk * TILE + 4u * tx + 2u], tile_b[kk * TILE + 4u * tx + 3u]);
-      for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-          acc[i * 4u + j] = fma(a[i], b[j], acc[i * 4u + j]);
+      var a: array<vec4<f32>, PV>;
+      var b: array<vec4<f32>, PV>;
+      for (var v = 0u; v < PV; v++) {
+        a[v] = tile_a[kk * TILE4 + ty + 16u * v];
+        b[v] = tile_b[kk * TILE4 + tx + 16u * v];
+      }
+      for (var i = 0u; i < PER; i++) {
+        let ai = vec4<f32>(a[i / 4u][i % 4u]);
+        for (var v = 0u; v < PV; v++) {
+          acc[i * PV + v] = fma(ai, b[v], acc[i * PV + v]);
         }
       }
     }
@@ -66,11 +79,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
 
   let c_base = p.c_off + z * p.scz;
-  for (var i = 0u; i < 4u; i++) {
-    let m = m0 + 4u * ty + i;
-    for (var j = 0u; j < 4u; j++) {
-      let n = n0 + 4u * tx + j;
-      if (m < p.m && n < p.n) { epilogue(acc[i * 4u + j], c_base, m, n); }
+  for (var i = 0u; i < PER; i++) {
+    let m = m0 + 4u * (ty + 16u * (i / 4u)) + i % 4u;
+    if (m >= p.m) { continue; }
+    for (var v = 0u; v < PV; v++) {
+      let nb = n0 + 4u * (tx + 16u * v);
+      for (var j = 0u; j < 4u; j++) {
+        if (nb + j < p.n) { epilogue(acc[i * PV + v][j], c_base, m, nb + j); }
+      }
     }
   }
 }

@@ -37,8 +37,7 @@ export async function benchAttention(): Promise<BenchRow[]> {
     const shape = `B${c.B} H${c.H} ${c.Lq}x${c.Lk} d${c.d}`;
     const big = c.Lq * c.Lk > 4e6;
     const reps = slow && big ? 1 : 3;
-    const warmup = slow && big ? 0 : 1;
-    const f = await timeGpu(() => scope(() => void ops.attentionMergedHeads(q, k, v, c.H)), reps, warmup);
+    const f = await timeGpu(() => scope(() => void ops.attentionMergedHeads(q, k, v, c.H)), reps);
     rows.push({ name: `${c.name} forward`, shape, ms: f.ms, gflops: flops / f.ms / 1e6, compileMs: f.compileMs });
     if (c.withBackward) {
       for (const t of [q, k, v]) t.requireGrad();
@@ -51,7 +50,7 @@ export async function benchAttention(): Promise<BenchRow[]> {
             t.grad = null;
           }
         });
-      const fb = await timeGpu(step, reps, warmup);
+      const fb = await timeGpu(step, reps);
       const bwdMs = Math.max(fb.ms - f.ms, 1e-3);
       rows.push({ name: `${c.name} backward`, shape, ms: bwdMs, gflops: (2.5 * flops) / bwdMs / 1e6, compileMs: fb.compileMs, note: "forward+backward time minus forward time" });
       for (const t of [q, k, v]) t.requireGrad(false);

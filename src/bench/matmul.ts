@@ -5,7 +5,8 @@ import process from "node:process";
 import { gpu } from "../gpu/device.ts";
 import { Tensor, noGrad, scope } from "../tensor/index.ts";
 import * as ops from "../tensor/ops/index.ts";
-import { matmulTuning, setMatmulTuning, type MatmulTuning } from "../tensor/ops/matmul_tuning.ts";
+import { matmulTuning, setMatmulTuning, tiledPer, type MatmulTuning } from "../tensor/ops/matmul_tuning.ts";
+import { adapterClass } from "../gpu/tuning.ts";
 import type { BenchRow } from "./types.ts";
 import { pseudoRandom, timeCalls } from "./timing.ts";
 
@@ -28,6 +29,24 @@ export const DEFAULT_MATMUL_SHAPES: [number, number, number][] = [
   [77, 768, 768],
 ];
 
+/**
+ * The adapter's own choice, and on real GPUs also each forced tile size (so `bench` shows whether the
+ * automatic choice picks the faster one).
+ */
+export async function benchMatmulVariants(): Promise<BenchRow[]> {
+  const rows = await benchMatmul();
+  if (adapterClass(gpu()) === "gpu") {
+    for (const per of [4, 8] as const) rows.push(...(await benchMatmul({ tuning: { kind: "tiled", per } })));
+  }
+  return rows;
+}
+
+function describeVariant(t: MatmulTuning, m: number, n: number): string {
+  if (t.kind === "register") return `register ${8 * t.rowGroups}x${32 * t.colGroups}`;
+  const per = tiledPer(t, m, n, 1);
+  return `tiled ${16 * per}x${16 * per}${t.per === "auto" ? " (auto)" : " (forced)"}`;
+}
+
 export async function benchMatmul(opts: MatmulBenchOptions = {}): Promise<BenchRow[]> {
   const shapes = opts.shapes ?? DEFAULT_MATMUL_SHAPES;
   const reps = opts.reps ?? 5;
@@ -35,8 +54,8 @@ export async function benchMatmul(opts: MatmulBenchOptions = {}): Promise<BenchR
   const rows: BenchRow[] = [];
   try {
     const t = matmulTuning(gpu());
-    const variant = t.kind === "register" ? `register ${8 * t.rowGroups}x${32 * t.colGroups}` : "tiled 64x64";
     for (const [m, k, n] of shapes) {
+      const variant = describeVariant(t, m, n);
       const a = Tensor.from(pseudoRandom(m * k, 1), [m, k], "f32", "bench_a").keep();
       const b = Tensor.from(pseudoRandom(k * n, 2), [k, n], "f32", "bench_b").keep();
       const flop = 2 * m * n * k;

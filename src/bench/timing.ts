@@ -9,27 +9,13 @@ export interface Timed {
 
 /**
  * Time `fn` (which records GPU work): the first call pays pipeline compilation (reported apart),
- * then `warmup` untimed calls, then the median of `reps` timed calls, each ended by a GPU sync.
+ * then one untimed call, then the median of `reps` timed reps, each ended by a GPU sync (on a fast
+ * GPU a rep is several calls back to back: see timeCalls).
  */
-export async function timeGpu(fn: () => void, reps = 5, warmup = 1): Promise<Timed> {
-  const g = gpu();
-  const compileBefore = g.kernels.compileMs;
-  fn();
-  await g.sync();
-  const compileMs = g.kernels.compileMs - compileBefore;
-  for (let i = 0; i < warmup; i++) {
-    fn();
-    await g.sync();
-  }
-  const times: number[] = [];
-  for (let i = 0; i < reps; i++) {
-    const t0 = performance.now();
-    fn();
-    await g.sync();
-    times.push(performance.now() - t0);
-  }
-  times.sort((a, b) => a - b);
-  return { ms: times[Math.floor(times.length / 2)], compileMs };
+export async function timeGpu(fn: () => void, reps = 5): Promise<Timed> {
+  const compileBefore = gpu().kernels.compileMs;
+  const t = await timeCalls(fn, reps);
+  return { ms: t.ms, compileMs: gpu().kernels.compileMs - compileBefore };
 }
 
 /** Deterministic values in [-0.5, 0.5) (an LCG): benchmark and self-test inputs. */
@@ -43,30 +29,38 @@ export function pseudoRandom(n: number, seed: number): Float32Array {
   return out;
 }
 
+/** A timed rep lasts at least this long: on a fast GPU one call is shorter than a host round trip. */
+const MIN_REP_MS = 25;
+
 /**
  * Wall time of `fn` (GPU work, synchronised): first call, then the median of `reps` after one warm-up.
+ * When one call takes under MIN_REP_MS (a real GPU), each rep records enough calls back to back to
+ * last that long and reports the time per call, so host round trips do not dominate.
  * `cores`: this process's CPU time over wall time during the timed runs (on lavapipe the kernels run
  * on our own threads, so less than the core count means other processes took the CPU).
  */
-export async function timeCalls(fn: () => void, reps: number): Promise<{ firstMs: number; ms: number; cores: number }> {
+export async function timeCalls(fn: () => void, reps: number): Promise<{ firstMs: number; ms: number; cores: number; callsPerRep: number }> {
   const g = gpu();
   await g.sync();
   let t0 = performance.now();
   fn();
   await g.sync();
   const firstMs = performance.now() - t0;
+  t0 = performance.now();
   fn();
   await g.sync();
+  const warmMs = performance.now() - t0;
+  const calls = warmMs >= MIN_REP_MS ? 1 : Math.min(1000, Math.ceil(MIN_REP_MS / Math.max(warmMs, 0.01)));
   const times: number[] = [];
   const cpu0 = process.cpuUsage();
   for (let i = 0; i < reps; i++) {
     t0 = performance.now();
-    fn();
+    for (let c = 0; c < calls; c++) fn();
     await g.sync();
-    times.push(performance.now() - t0);
+    times.push((performance.now() - t0) / calls);
   }
   const cpu = process.cpuUsage(cpu0);
-  const wall = times.reduce((x, y) => x + y, 0);
+  const wall = times.reduce((x, y) => x + y, 0) * calls;
   times.sort((a, b) => a - b);
-  return { firstMs, ms: times[Math.floor(times.length / 2)], cores: (cpu.user + cpu.system) / 1000 / wall };
+  return { firstMs, ms: times[Math.floor(times.length / 2)], cores: (cpu.user + cpu.system) / 1000 / wall, callsPerRep: calls };
 }

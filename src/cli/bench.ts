@@ -8,7 +8,7 @@ import type { BenchRow } from "../bench/types.ts";
 import { cpuReference } from "../bench/reference.ts";
 import { benchElementwise } from "../bench/elementwise.ts";
 import { benchConv } from "../bench/conv.ts";
-import { benchMatmul } from "../bench/matmul.ts";
+import { benchMatmulVariants } from "../bench/matmul.ts";
 import { benchAttention } from "../bench/attention.ts";
 import { benchGroupNorm } from "../bench/groupnorm.ts";
 import { benchUnet } from "../bench/unet.ts";
@@ -20,7 +20,7 @@ type Suite = (opts: ModelBenchOptions) => Promise<BenchRow[]>;
 
 /** Kernel suites by name; model-level suites (unet, train-step) register themselves here too. */
 export const SUITES: Record<string, Suite> = {
-  matmul: () => benchMatmul(),
+  matmul: () => benchMatmulVariants(),
   attention: () => benchAttention(),
   groupnorm: () => benchGroupNorm(),
   elementwise: benchElementwise,

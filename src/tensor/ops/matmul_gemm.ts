@@ -8,7 +8,7 @@ import k4Src from "../../../wgsl/matmul_k4.wgsl" with { type: "text" };
 import { gpu, type GpuBinding } from "../../gpu/device.ts";
 import { Tensor, numel, shapeStr } from "../tensor.ts";
 import { broadcastShapes, broadcastStrides } from "./shape.ts";
-import { matmulTuning, registerRowGroups } from "./matmul_tuning.ts";
+import { matmulTuning, registerRowGroups, tiledDepth, tiledPer } from "./matmul_tuning.ts";
 import { unrolledSource } from "./unroll.ts";
 
 const REGISTER_SOURCE = commonSrc + "\n" + registerSrc;
@@ -214,9 +214,10 @@ function launch(a: Tensor, b: Tensor, opts: GemmOptions, target: GemmTarget | nu
     gx = Math.ceil(prod.n / (32 * tuning.colGroups));
     gy = Math.ceil(prod.m / (8 * rg));
   } else {
-    kernel = g.kernel("matmul_tiled", TILED_SOURCE, { B_F16: bF16 });
-    gx = Math.ceil(prod.n / 64);
-    gy = Math.ceil(prod.m / 64);
+    const per = tiledPer(tuning, prod.m, prod.n, zTotal);
+    kernel = g.kernel("matmul_tiled", TILED_SOURCE, { B_F16: bF16, PER: per, DEPTH: tiledDepth(per) });
+    gx = Math.ceil(prod.n / (16 * per));
+    gy = Math.ceil(prod.m / (16 * per));
   }
   if (gx > g.maxGroupsPerDim || gy > g.maxGroupsPerDim) {
     throw new Error(`${op}: output ${shapeStr(outShape)} needs ${gx}x${gy} workgroups, over the ${g.maxGroupsPerDim} per dimension limit`);

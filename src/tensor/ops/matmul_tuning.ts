@@ -13,9 +13,14 @@ export interface RegisterMatmul {
   colGroups: 1 | 2;
 }
 
-/** Workgroup-memory tiles: 64 x 64 outputs per workgroup of 256, K in steps of 16. */
+/**
+ * Workgroup-memory tiles: a workgroup of 256 owns 16 * per x 16 * per outputs (per 4: 64 x 64, K in
+ * steps of 16; per 8: 128 x 128, K in steps of 8). `per: "auto"` takes 128 x 128 tiles when the output
+ * has enough of them to fill a large GPU, else 64 x 64.
+ */
 export interface TiledMatmul {
   kind: "tiled";
+  per: 4 | 8 | "auto";
 }
 
 export type MatmulTuning = RegisterMatmul | TiledMatmul;
@@ -24,13 +29,16 @@ export type MatmulTuning = RegisterMatmul | TiledMatmul;
 export const REGISTER_SUBGROUP = 8;
 
 const CPU_TUNING: RegisterMatmul = { kind: "register", rowGroups: 4, colGroups: 1 };
-const GPU_TUNING: TiledMatmul = { kind: "tiled" };
+const GPU_TUNING: TiledMatmul = { kind: "tiled", per: "auto" };
 
 let override: MatmulTuning | null = null;
 const chosen = new WeakMap<Gpu, MatmulTuning>();
 
 function describe(t: MatmulTuning): string {
-  if (t.kind === "tiled") return "workgroup-memory tiles 64x64, k step 16, 4x4 per invocation";
+  if (t.kind === "tiled") {
+    if (t.per === "auto") return `workgroup-memory tiles, 128x128 (8x8 per invocation) when the output has >= ${BIG_TILE_MIN_GROUPS} of them, else 64x64 (4x4)`;
+    return `workgroup-memory tiles ${16 * t.per}x${16 * t.per}, ${t.per}x${t.per} per invocation`;
+  }
   return `register blocking ${8 * t.rowGroups}x${32 * t.colGroups} per subgroup of 8 (A shared by broadcasts)`;
 }
 
@@ -56,6 +64,18 @@ export function matmulTuning(g: Gpu): MatmulTuning {
 export function setMatmulTuning(t: MatmulTuning | null): void {
   override = t;
 }
+
+/** Output tiles of 128 x 128 needed before the big tiles are used (below, 64 x 64 keeps more workgroups busy). */
+export const BIG_TILE_MIN_GROUPS = 120;
+
+/** Accumulators per invocation side (4 or 8) for an m x n output (times `batch` matrices). */
+export function tiledPer(t: TiledMatmul, m: number, n: number, batch: number): 4 | 8 {
+  if (t.per !== "auto") return t.per;
+  return Math.ceil(m / 128) * Math.ceil(n / 128) * batch >= BIG_TILE_MIN_GROUPS ? 8 : 4;
+}
+
+/** The K step of the tiled kernel for `per` (TILE * DEPTH = 1024 elements staged per operand). */
+export const tiledDepth = (per: 4 | 8): number => (per === 8 ? 8 : 16);
 
 /**
  * Row groups for an output of `m` rows: 1 or 2 for small M (less work on clamped rows), else the

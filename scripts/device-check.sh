@@ -1,0 +1,103 @@
+#!/bin/bash
+# The one prepared run for a lent GPU machine (no network there): set-up from carried files, doctor,
+# the kernel tests, the benchmarks (kernels, with a cuBLAS fp32 reference timed in the same run; the
+# SD-1.5 UNet and train step at 512 px), then a few tiny-model training runs side by side.
+# Everything lands in OUTDIR/all.tgz; a summary goes to stdout.
+#
+# Prepare on the development machine (x86-64), in the repo root, with .gl and .devrun listed in
+# .git/info/exclude:
+#   .gl/      libvulkan1's .deb (apt-get download libvulkan1)
+#   .devrun/  bun.xz (xz of node_modules/bun/bin/bun.exe) and nm.tar.xz (node_modules without bun,
+#             deno, typescript and the other platforms' Dawn builds)
+# and carry both. Usage there: bash scripts/device-check.sh "$OUT"
+set -u
+OUTDIR=${1:?usage: device-check.sh OUTDIR}
+R=/tmp/devcheck
+rm -rf "$R" && mkdir -p "$R"
+step() { echo "== $(date +%T) $*"; }
+
+step set-up
+for f in .gl/*.deb; do dpkg -x "$f" /; done
+ldconfig
+mkdir -p /tmp/bunbin && xz -dc .devrun/bun.xz > /tmp/bunbin/bun && chmod +x /tmp/bunbin/bun
+tar -xJf .devrun/nm.tar.xz
+export PATH=/tmp/bunbin:$PATH RL4PIX_CACHE_DIR=/tmp/rl4pix-cache
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv | tee "$R/nvidia-smi.txt"
+
+step doctor
+if ! bun cli.ts doctor > "$R/doctor.txt" 2>&1; then
+  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+  bun cli.ts doctor > "$R/doctor.txt" 2>&1 || { cat "$R/doctor.txt"; tar -C "$R" -czf "$OUTDIR/all.tgz" .; exit 2; }
+fi
+cat "$R/doctor.txt"
+
+step kernel tests
+timeout 240 bun test --timeout 120000 tests/matmul.test.ts tests/conv.test.ts tests/attention.test.ts \
+  tests/norm.test.ts tests/elementwise.test.ts tests/layout.test.ts tests/embedding.test.ts tests/random.test.ts \
+  tests/optim.test.ts tests/cast.test.ts tests/runtime.test.ts > "$R/tests.txt" 2>&1
+echo "tests rc=$?"
+grep -E "^\(fail\)|^ *[0-9]+ (pass|fail)|^Ran" "$R/tests.txt"
+
+step cuBLAS fp32 reference
+timeout 120 python3 - > "$R/cublas.json" 2>"$R/cublas.err" <<'EOF'
+import json, torch
+torch.backends.cuda.matmul.allow_tf32 = False
+out = {"device": torch.cuda.get_device_name(0), "sm_count": torch.cuda.get_device_properties(0).multi_processor_count, "rows": []}
+for m, k, n in [(1024, 1024, 1024), (4096, 320, 320), (4096, 320, 1280), (4096, 1280, 320), (77, 768, 768), (4096, 4096, 4096)]:
+    a = torch.randn(m, k, device="cuda"); b = torch.randn(k, n, device="cuda")
+    for _ in range(3): a @ b
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    reps = 50
+    s.record()
+    for _ in range(reps): a @ b
+    e.record(); torch.cuda.synchronize()
+    ms = s.elapsed_time(e) / reps
+    out["rows"].append({"shape": f"{m}x{k}x{n}", "ms": ms, "gflops": 2 * m * k * n / ms / 1e6})
+print(json.dumps(out))
+EOF
+cat "$R/cublas.json"
+
+step bench kernels
+timeout 150 bun cli.ts bench all --json > "$R/bench-kernels.json" 2> "$R/bench-kernels.err"
+echo "bench rc=$?"
+timeout 60 bun cli.ts bench matmul --json > "$R/bench-matmul-2.json" 2>&1
+echo "bench matmul again rc=$?"
+
+step bench unet 512
+timeout 120 bun cli.ts bench unet --config sd15 --resolution 512 --batch 1 --reps 3 --no-torch --json > "$R/bench-unet-512-b1.json" 2>&1
+echo "unet b1 rc=$?"
+timeout 120 bun cli.ts bench unet --config sd15 --resolution 512 --batch 3 --reps 3 --f16 --no-torch --json > "$R/bench-unet-512-b3-f16.json" 2>&1
+echo "unet b3 f16 rc=$?"
+
+step bench train-step 512
+timeout 200 bun cli.ts bench train-step --config sd15 --resolution 512 --checkpointing both --reps 2 --json > "$R/bench-train-512.json" 2>&1
+echo "train-step rc=$?"
+for f in "$R"/bench-*.json; do
+  echo "-- $(basename "$f")"
+  grep -E '"(name|shape|ms|gflops|gbps|peakBytes|note)"' "$f" | tr -s ' ' | paste -sd' ' | sed 's/"name"/\n"name"/g' | cut -c1-300
+done
+
+step tiny training runs, side by side
+mkdir -p "$R/runs"
+run() { # name, extra --set pairs
+  local name=$1; shift
+  local sets=()
+  for kv in "$@"; do sets+=(--set "$kv"); done
+  timeout 170 bun cli.ts train --config configs/tiny-cpu.json --out "$R/runs/$name" --set num_epochs=120 --set save_freq=1000 "${sets[@]}" > "$R/runs/$name.log" 2>&1
+}
+run demo &
+run batch32 sample.batch_size=32 &
+run lr1e-2 train.learning_rate=0.01 &
+run steps3 sample.num_steps=3 sample.batch_size=16 &
+run inner4 train.num_inner_epochs=4 &
+wait
+for d in "$R"/runs/*/; do
+  n=$(basename "$d")
+  echo "-- $n: $(wc -l < "$d/metrics.jsonl" 2>/dev/null) epochs"
+  bun -e 'const l=require("fs").readFileSync(process.argv[1],"utf8").trim().split("\n").map(JSON.parse);const k=Object.keys(l[0]).find(x=>/cos/.test(x))??"reward_mean";const m=(a)=>a.reduce((x,y)=>x+y,0)/a.length;const q=Math.max(1,Math.floor(l.length/4));console.log(k,"first quarter",m(l.slice(0,q).map(r=>r[k])).toFixed(4),"last quarter",m(l.slice(-q).map(r=>r[k])).toFixed(4))' "$d/metrics.jsonl" 2>&1 | head -2
+done
+
+step pack
+tar -C "$R" -czf "$OUTDIR/all.tgz" .
+ls -la "$OUTDIR"
