@@ -15,6 +15,9 @@ OUTDIR=${1:?usage: device-check.sh OUTDIR}
 R=/tmp/devcheck
 rm -rf "$R" && mkdir -p "$R"
 step() { echo "== $(date +%T) $*"; }
+# Every step's timeout is cut to what is left of BUDGET seconds (default 520), keeping 20 s to pack.
+DEADLINE=$(( $(date +%s) + ${BUDGET:-520} ))
+tmo() { local t=$1 l=$(( DEADLINE - $(date +%s) - 20 )); (( l < t )) && t=$l; (( t < 1 )) && t=1; echo "$t"; }
 
 step set-up
 for f in .gl/*.deb; do dpkg -x "$f" /; done
@@ -32,14 +35,14 @@ fi
 cat "$R/doctor.txt"
 
 step kernel tests
-timeout 240 bun test --timeout 120000 tests/matmul.test.ts tests/conv.test.ts tests/attention.test.ts \
+timeout $(tmo 150) bun test --timeout 120000 tests/matmul.test.ts tests/conv.test.ts tests/attention.test.ts \
   tests/norm.test.ts tests/elementwise.test.ts tests/layout.test.ts tests/embedding.test.ts tests/random.test.ts \
   tests/optim.test.ts tests/cast.test.ts tests/runtime.test.ts > "$R/tests.txt" 2>&1
 echo "tests rc=$?"
 grep -E "^\(fail\)|^ *[0-9]+ (pass|fail)|^Ran" "$R/tests.txt"
 
 step cuBLAS fp32 reference
-timeout 120 python3 - > "$R/cublas.json" 2>"$R/cublas.err" <<'EOF'
+timeout $(tmo 120) python3 - > "$R/cublas.json" 2>"$R/cublas.err" <<'EOF'
 import json, torch
 torch.backends.cuda.matmul.allow_tf32 = False
 out = {"device": torch.cuda.get_device_name(0), "sm_count": torch.cuda.get_device_properties(0).multi_processor_count, "rows": []}
@@ -59,19 +62,19 @@ EOF
 cat "$R/cublas.json"
 
 step bench kernels
-timeout 150 bun cli.ts bench all --json > "$R/bench-kernels.json" 2> "$R/bench-kernels.err"
+timeout $(tmo 150) bun cli.ts bench all --json > "$R/bench-kernels.json" 2> "$R/bench-kernels.err"
 echo "bench rc=$?"
-timeout 60 bun cli.ts bench matmul --json > "$R/bench-matmul-2.json" 2>&1
+timeout $(tmo 60) bun cli.ts bench matmul --json > "$R/bench-matmul-2.json" 2>&1
 echo "bench matmul again rc=$?"
 
 step bench unet 512
-timeout 120 bun cli.ts bench unet --config sd15 --resolution 512 --batch 1 --reps 3 --no-torch --json > "$R/bench-unet-512-b1.json" 2>&1
+timeout $(tmo 120) bun cli.ts bench unet --config sd15 --resolution 512 --batch 1 --reps 3 --no-torch --json > "$R/bench-unet-512-b1.json" 2>&1
 echo "unet b1 rc=$?"
-timeout 120 bun cli.ts bench unet --config sd15 --resolution 512 --batch 3 --reps 3 --f16 --no-torch --json > "$R/bench-unet-512-b3-f16.json" 2>&1
+timeout $(tmo 120) bun cli.ts bench unet --config sd15 --resolution 512 --batch 3 --reps 3 --f16 --no-torch --json > "$R/bench-unet-512-b3-f16.json" 2>&1
 echo "unet b3 f16 rc=$?"
 
 step bench train-step 512
-timeout 200 bun cli.ts bench train-step --config sd15 --resolution 512 --checkpointing both --reps 2 --json > "$R/bench-train-512.json" 2>&1
+timeout $(tmo 200) bun cli.ts bench train-step --config sd15 --resolution 512 --checkpointing both --reps 2 --json > "$R/bench-train-512.json" 2>&1
 echo "train-step rc=$?"
 for f in "$R"/bench-*.json; do
   echo "-- $(basename "$f")"
@@ -84,7 +87,7 @@ run() { # name, extra --set pairs
   local name=$1; shift
   local sets=()
   for kv in "$@"; do sets+=(--set "$kv"); done
-  timeout 170 bun cli.ts train --config configs/tiny-cpu.json --out "$R/runs/$name" --set num_epochs=120 --set save_freq=1000 "${sets[@]}" > "$R/runs/$name.log" 2>&1
+  timeout $(tmo 170) bun cli.ts train --config configs/tiny-cpu.json --out "$R/runs/$name" --set num_epochs=120 --set save_freq=1000 "${sets[@]}" > "$R/runs/$name.log" 2>&1
 }
 run demo &
 run batch32 sample.batch_size=32 &
