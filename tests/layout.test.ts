@@ -4,6 +4,7 @@ import { Tensor, backward, clearTape } from "../src/tensor/index.ts";
 import { gpu } from "../src/gpu/device.ts";
 import { expectClose, gradCheck, prod, randn, toGpu, useGpu } from "./helpers.ts";
 import { concatRef, permuteRef, sliceRef } from "./ref/layout.ts";
+import { forcePackedF16Copies } from "../src/tensor/ops/layout.ts";
 
 useGpu();
 
@@ -224,18 +225,30 @@ describe("other dtypes", () => {
     expect(Array.from(await c.read())).toEqual(Array.from(concatRef([ref, ref], [[2, 3, 4], [2, 3, 4]], 1)));
     for (const t of [x, p, s, c]) t.dispose();
   });
-  test("f16 permute and odd-length slices copy exactly", async () => {
-    if (!gpu().hasF16) throw new Error("this adapter lacks shader-f16; f16 layout ops need it");
-    const data = randn(3 * 5, 30); // f16 rounding happens on upload; the copies must keep the bits
-    const x = Tensor.from(Float32Array.from(data), [3, 5], "f16");
-    const xv = Float64Array.from(await x.read());
-    const p = ops.permute(x, [1, 0]);
-    expect(p.dtype).toBe("f16");
-    expectClose(await p.read(), permuteRef(xv, [3, 5], [1, 0]), EXACT, "f16 permute");
-    const s = ops.slice(x, 0, 1, 2); // 5 halves starting at an odd element: not a 4-byte copy
-    expectClose(await s.read(), sliceRef(xv, [3, 5], 0, 1, 2), EXACT, "f16 slice");
-    for (const t of [x, p, s]) t.dispose();
-  });
+  // Adapters with shader-f16 copy halves natively and can be forced onto the packed path (two halves
+  // per u32 word, atomics on the destination word) that adapters without the feature always take.
+  for (const packed of [false, true]) {
+    test(`f16 permute, concat and odd-length slices copy exactly (${packed ? "packed u32 words" : "adapter's own path"})`, async () => {
+      forcePackedF16Copies(packed);
+      try {
+        const data = randn(3 * 5, 30); // f16 rounding happens on upload; the copies must keep the bits
+        const x = Tensor.from(Float32Array.from(data), [3, 5], "f16");
+        const xv = Float64Array.from(await x.read());
+        const p = ops.permute(x, [1, 0]);
+        expect(p.dtype).toBe("f16");
+        expectClose(await p.read(), permuteRef(xv, [3, 5], [1, 0]), EXACT, "f16 permute");
+        const s = ops.slice(x, 0, 1, 2); // 5 halves starting at an odd element: not a 4-byte copy
+        expectClose(await s.read(), sliceRef(xv, [3, 5], 0, 1, 2), EXACT, "f16 slice");
+        const odd = ops.slice(x, 1, 1, 4); // [3, 3]: a strided copy with odd offsets and row lengths
+        expectClose(await odd.read(), sliceRef(xv, [3, 5], 1, 1, 4), EXACT, "f16 strided slice");
+        const c = ops.concat([odd, x], 1); // [3, 8]: neighbouring halves written by different invocations
+        expectClose(await c.read(), concatRef([sliceRef(xv, [3, 5], 1, 1, 4), xv], [[3, 3], [3, 5]], 1), EXACT, "f16 concat");
+        for (const t of [x, p, s, odd, c]) t.dispose();
+      } finally {
+        forcePackedF16Copies(false);
+      }
+    });
+  }
 });
 
 describe("tensors over the storage binding limit", () => {

@@ -1,7 +1,8 @@
 // Embedding kernels, by define:
 //   GATHER    out[t, d] = weight[ids[t], d] for the ids inside this window of table rows
 //             (tables over the binding limit are bound window by window); ids outside [0, vocab)
-//             give zeros (written by the first window). W_F16: the table is f16, out is f32.
+//             give zeros (written by the first window). W_F16: the table is f16 (read as
+//             packed u32 words), out is f32.
 //   GRAD      the table gradient, deterministically: the thread of (t, d) whose t is the first
 //             occurrence of its id sums g[t', d] over every t' with the same id, in order, and writes
 //             the row; no atomics. The caller zero-fills the gradient first. Cost O(N^2 D) for N ids,
@@ -10,10 +11,6 @@
 //             [sin | cos] halves, swapped with FLIP; a zero last column for odd dims. TS_I32: integer
 //             timesteps. sin/cos use a Cody-Waite reduction by pi/2 and Taylor polynomials, accurate to
 //             about an ulp for arguments in the thousands.
-#if W_F16
-enable f16;
-#endif
-
 struct Params {
   n: u32,
   dim: u32,
@@ -28,7 +25,7 @@ struct Params {
 
 #if GATHER
 #if W_F16
-@group(0) @binding(0) var<storage, read> weight: array<f16>;
+@group(0) @binding(0) var<storage, read> weight: array<u32>;  // two halves per word (no shader-f16 needed)
 #else
 @group(0) @binding(0) var<storage, read> weight: array<f32>;
 #endif
@@ -84,7 +81,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
   let r = u32(id) - p.row0; // wraps to a huge value below the window
   if (r >= p.rows) { return; }
-  out[i] = f32(weight[r * p.dim + d]);
+#if W_F16
+  let e = r * p.dim + d;
+  out[i] = unpack2x16float(weight[e >> 1u])[e & 1u];
+#else
+  out[i] = weight[r * p.dim + d];
+#endif
 #endif
 #if GRAD
   let id = ids[t];

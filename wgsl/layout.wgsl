@@ -5,6 +5,9 @@
 // dst[dst_base + sum(c * dst_strides)]. Only outer dims beyond the first need integer division
 // (slow on CPU rasterisers), and only when the copy has more than three collapsed dims.
 // Elements are copied as bits: T is u32 for f32 and i32 data, f16 for half tensors (F16).
+// F16_PACKED copies halves without the shader-f16 feature: both buffers are read as u32 words holding
+// two halves; an invocation clears and sets only its own 16 bits of the destination word with two
+// atomics, so the neighbour half, written by another invocation, is never lost.
 #if F16
 enable f16;
 #endif
@@ -29,8 +32,13 @@ struct Params {
   outer_dims: array<vec4<u32>, 2>,
 }
 
+#if F16_PACKED
+@group(0) @binding(0) var<storage, read> src: array<u32>;
+@group(0) @binding(1) var<storage, read_write> dst: array<atomic<u32>>;
+#else
 @group(0) @binding(0) var<storage, read> src: array<{{T}}>;
 @group(0) @binding(1) var<storage, read_write> dst: array<{{T}}>;
+#endif
 @group(0) @binding(2) var<uniform> p: Params;
 
 fn at(v: array<vec4<u32>, 2>, d: u32) -> u32 {
@@ -58,5 +66,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
       di += c * at(p.dst_strides, d + 2u);
     }
   }
+#if F16_PACKED
+  let half = (src[si >> 1u] >> (16u * (si & 1u))) & 0xffffu;
+  let shift = 16u * (di & 1u);
+  atomicAnd(&dst[di >> 1u], ~(0xffffu << shift));
+  atomicOr(&dst[di >> 1u], half << shift);
+#else
   dst[di] = src[si];
+#endif
 }

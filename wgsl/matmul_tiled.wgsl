@@ -5,7 +5,7 @@
 // invocation (tx, ty) is vec4 column tx + 16 v, vec4 row ty + 16 v), so the 16 lanes of a row read
 // 16 consecutive vec4s from workgroup memory (no bank conflicts) and loads are 128-bit.
 // Out-of-range elements are staged as zeros, so any M, N, K works.
-// (Appended to matmul_common.wgsl.)
+// (Appended to matmul_common.wgsl; expanded by unrolledSource.)
 // defines:
 //   PER     accumulators per invocation along each side: 4 (64 x 64 tiles) or 8 (128 x 128)
 //   DEPTH   K step: TILE * DEPTH must be a multiple of 1024 (each invocation stages whole vec4 rows)
@@ -62,31 +62,38 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     workgroupBarrier();
     for (var kk = 0u; kk < DEPTH; kk++) {
+      // Unrolled in the source (#unroll): every private-array index is a constant, so the
+      // accumulators stay in registers (a PER = 8 loop left to the driver ran 10x slower).
       var a: array<vec4<f32>, PV>;
       var b: array<vec4<f32>, PV>;
-      for (var v = 0u; v < PV; v++) {
-        a[v] = tile_a[kk * TILE4 + ty + 16u * v];
-        b[v] = tile_b[kk * TILE4 + tx + 16u * v];
-      }
-      for (var i = 0u; i < PER; i++) {
-        let ai = vec4<f32>(a[i / 4u][i % 4u]);
-        for (var v = 0u; v < PV; v++) {
-          acc[i * PV + v] = fma(ai, b[v], acc[i * PV + v]);
-        }
-      }
+#unroll V PV
+      a[$V] = tile_a[kk * TILE4 + ty + 16u * $V];
+      b[$V] = tile_b[kk * TILE4 + tx + 16u * $V];
+#endunroll
+#unroll I PER
+#unroll V PV
+      acc[$I * PV + $V] = fma(vec4<f32>(a[$I / 4][$I % 4]), b[$V], acc[$I * PV + $V]);
+#endunroll
+#endunroll
     }
     workgroupBarrier();
   }
 
   let c_base = p.c_off + z * p.scz;
-  for (var i = 0u; i < PER; i++) {
-    let m = m0 + 4u * (ty + 16u * (i / 4u)) + i % 4u;
-    if (m >= p.m) { continue; }
-    for (var v = 0u; v < PV; v++) {
-      let nb = n0 + 4u * (tx + 16u * v);
-      for (var j = 0u; j < 4u; j++) {
-        if (nb + j < p.n) { epilogue(acc[i * PV + v][j], c_base, m, nb + j); }
+#unroll I PER
+  {
+    let m = m0 + 4u * (ty + 16u * ($I / 4)) + $I % 4;
+    if (m < p.m) {
+#unroll V PV
+      {
+        let nb = n0 + 4u * (tx + 16u * $V);
+        let c4 = acc[$I * PV + $V];
+        for (var j = 0u; j < 4u; j++) {
+          if (nb + j < p.n) { epilogue(c4[j], c_base, m, nb + j); }
+        }
       }
+#endunroll
     }
   }
+#endunroll
 }

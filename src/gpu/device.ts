@@ -228,16 +228,21 @@ export class Gpu {
     this.device.queue.writeBuffer(buffer, offset, new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, bytes), 0, bytes);
   }
 
-  /** Read `bytes` bytes of `buffer` from `offset` back to the host. */
+  /**
+   * Read `bytes` bytes of `buffer` from `offset` back to the host. Copies move whole 4-byte words, so
+   * an unaligned range (an f16 slice at an odd element) is widened to words and cut on the host.
+   */
   async read(buffer: GPUBuffer, offset: number, bytes: number): Promise<ArrayBuffer> {
     this.check();
-    const size = Math.max(16, Math.ceil(bytes / 16) * 16);
+    const lead = offset % 4;
+    offset -= lead;
+    const size = Math.max(16, Math.ceil((bytes + lead) / 16) * 16);
     const list = this.staging.get(size);
     const stage = list?.pop() ??
       this.device.createBuffer({ label: `staging-${size}`, size, usage: BufferUsage.MAP_READ | BufferUsage.COPY_DST });
     this.endPass();
     this.encoder ??= this.device.createCommandEncoder({ label: "batch" });
-    const copyBytes = Math.ceil(bytes / 4) * 4;
+    const copyBytes = Math.ceil((bytes + lead) / 4) * 4;
     this.encoder.copyBufferToBuffer(buffer, offset, stage, 0, copyBytes);
     this.flush();
     try {
@@ -246,7 +251,7 @@ export class Gpu {
       this.check();
       throw new Error(`readback of ${buffer.label} failed after ${this.lastLabel}: ${(e as Error).message}`);
     }
-    const out = stage.getMappedRange(0, copyBytes).slice(0, bytes);
+    const out = stage.getMappedRange(0, copyBytes).slice(lead, lead + bytes);
     stage.unmap();
     if (!this.staging.has(size)) this.staging.set(size, []);
     this.staging.get(size)!.push(stage);

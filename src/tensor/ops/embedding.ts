@@ -36,7 +36,7 @@ function embeddingGrad(ids: Tensor, gradOut: Tensor, vocab: number, dim: number)
 }
 
 /**
- * Rows of `weight` [V, D] (f32, or f16 with shader-f16) at `ids` (i32, any shape) -> [...ids.shape, D]
+ * Rows of `weight` [V, D] (f32 or f16) at `ids` (i32, any shape) -> [...ids.shape, D]
  * in f32. Ids outside [0, V) give zero rows. The table gradient sums the output gradient per id.
  */
 export function embedding(weight: Tensor, ids: Tensor): Tensor {
@@ -46,7 +46,6 @@ export function embedding(weight: Tensor, ids: Tensor): Tensor {
   const [vocab, dim] = weight.shape;
   const g = gpu();
   const f16 = weight.dtype === "f16";
-  if (f16 && !g.hasF16) throw new Error("embedding: an f16 table needs the shader-f16 feature");
   const out = Tensor.empty([...ids.shape, dim], "f32", "embedding"); // [...ids, D]
   checkFits("embedding", ids, out);
   const n = ids.size * dim;

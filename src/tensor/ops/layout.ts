@@ -1,6 +1,7 @@
 // Layout ops (forward and backward side by side): permute, transpose, slice, concat, split, chunk.
 // All of them are one strided-copy kernel; contiguous runs go through copyBufferToBuffer instead.
-// f32 and i32 data are copied as bits (i32 has no gradient); f16 needs the `shader-f16` feature.
+// f32 and i32 data are copied as bits (i32 has no gradient); f16 as halves with `shader-f16`, else as
+// halves inside u32 words (forcePackedF16Copies).
 import src from "../../../wgsl/layout.wgsl" with { type: "text" };
 import { gpu } from "../../gpu/device.ts";
 import { record } from "../autograd.ts";
@@ -96,9 +97,9 @@ function stridedCopy(op: string, from: Tensor, to: Tensor, plan: CopyPlan): void
   const strideList = (s: number[]) => pad8(order.map((d) => (d >= 0 ? s[d] : 0)), 0);
   const wide = inner >= 64;
   const [wx, wy] = wide ? [64, 4] : [8, 32];
-  const defines = { F16: f16, T: f16 ? "f16" : vec4 ? "vec4<u32>" : "u32", WG_X: wx, WG_Y: wy };
-  if (f16 && !g.hasF16) throw new Error(`${op}: f16 tensors need the shader-f16 feature`);
-  const k = g.kernel(`strided_copy_${f16 ? "f16" : vec4 ? "b128" : "b32"}`, src, defines);
+  const packed = f16 && (!g.hasF16 || packedF16Forced);
+  const defines = { F16: f16 && !packed, F16_PACKED: packed, T: f16 ? "f16" : vec4 ? "vec4<u32>" : "u32", WG_X: wx, WG_Y: wy };
+  const k = g.kernel(`strided_copy_${packed ? "f16_packed" : f16 ? "f16" : vec4 ? "b128" : "b32"}`, src, defines);
   const maxGroups = g.maxGroupsPerDim;
   // Split each grid axis into dispatches of at most maxGroups workgroups.
   const spans = (count: number, per: number) => {
@@ -123,6 +124,16 @@ function stridedCopy(op: string, from: Tensor, to: Tensor, plan: CopyPlan): void
   }
 }
 
+
+let packedF16Forced = false;
+
+/**
+ * Copy f16 tensors as packed u32 words (the path of adapters without shader-f16) even where the
+ * feature exists: lets tests check that path on every adapter.
+ */
+export function forcePackedF16Copies(on: boolean): void {
+  packedF16Forced = on;
+}
 // ---------------------------------------------------------------------------------------- permute
 
 function checkPermutation(op: string, shape: readonly number[], dims: readonly number[]): number[] {
