@@ -20,6 +20,7 @@ const KERNELS: Record<string, MatmulTuning> = {
   register: { kind: "register", rowGroups: 4, colGroups: 1 },
   "tiled 64x64": { kind: "tiled", per: 4 },
   "tiled 128x128": { kind: "tiled", per: 8 },
+  "tiled 64x64, k step 32": { kind: "tiled", per: 4, depth: 32 },
 };
 
 /** Force `kernel`; false when this adapter cannot run it (then the per-adapter choice must avoid it). */
@@ -353,7 +354,8 @@ describe("tiled matmul tile size", () => {
     expect(tiledPer(auto, 2048, 2048, 1)).toBe(8);
     expect(tiledPer(auto, 128, 128, 200)).toBe(8); // batches count
     expect(tiledPer({ kind: "tiled", per: 4 }, 8192, 8192, 1)).toBe(4);
-    expect(tiledDepth(8) * 128).toBe(1024);
-    expect(tiledDepth(4) * 64).toBe(1024);
+    expect(tiledDepth(auto, 8) * 128).toBe(1024);
+    expect(tiledDepth(auto, 4) * 64).toBe(1024);
+    expect(tiledDepth({ kind: "tiled", per: 4, depth: 32 }, 4)).toBe(32);
   });
 });

@@ -8,17 +8,41 @@
 // (Appended to matmul_common.wgsl; expanded by unrolledSource.)
 // defines:
 //   PER     accumulators per invocation along each side: 4 (64 x 64 tiles) or 8 (128 x 128)
-//   DEPTH   K step: TILE * DEPTH must be a multiple of 1024 (each invocation stages whole vec4 rows)
+//   DEPTH   K step (TILE * DEPTH a multiple of 256)
+//   STAGE   TILE * DEPTH / 256, the elements of each operand one invocation stages per step
 
 const PER = {{PER}}u;
 const PV = PER / 4u;               // vec4 groups per invocation along each side
 const TILE = 16u * PER;
 const TILE4 = TILE / 4u;           // vec4s per tile row
 const DEPTH = {{DEPTH}}u;
-const STAGE = TILE * DEPTH / 256u; // elements of each operand one invocation stages per K step
+const STAGE = {{STAGE}}u;          // elements of each operand one invocation stages per K step: TILE * DEPTH / 256
 
 var<workgroup> tile_a: array<vec4<f32>, TILE4 * DEPTH>;  // [k][m / 4]
 var<workgroup> tile_b: array<vec4<f32>, TILE4 * DEPTH>;  // [k][n / 4]
+
+/// Tile coordinates (row or column within the tile, k within the step) of staged element e: consecutive
+/// invocations walk the operand's contiguous dimension in global memory.
+fn stage_coords(e: u32, tile_fast: bool) -> vec2<u32> {
+  if (tile_fast) { return vec2<u32>(e % TILE, e / TILE); }
+  return vec2<u32>(e / DEPTH, e % DEPTH);
+}
+
+fn fetch_a(e: u32, k0: u32, m0: u32, base: u32) -> f32 {
+  let c = stage_coords(e, p.sam == 1u);
+  let m = m0 + c.x;
+  let k = k0 + c.y;
+  if (m < p.m && k < p.k) { return A[base + m * p.sam + k * p.sak]; }
+  return 0.0;
+}
+
+fn fetch_b(e: u32, k0: u32, n0: u32, base: u32) -> f32 {
+  let c = stage_coords(e, p.sbn == 1u);
+  let n = n0 + c.x;
+  let k = k0 + c.y;
+  if (n < p.n && k < p.k) { return load_b(base + k * p.sbk + n * p.sbn); }
+  return 0.0;
+}
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -28,39 +52,35 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let n0 = wid.x * TILE;
   let tx = lid % 16u;
   let ty = lid / 16u;
-  // Staging order: consecutive invocations walk the operand's contiguous dimension in global memory.
-  let a_m_fast = p.sam == 1u;
-  let b_n_fast = p.sbn == 1u;
+  let a_fast = p.sam == 1u;
+  let b_fast = p.sbn == 1u;
 
   var acc: array<vec4<f32>, PER * PV>;  // [row i][vec4 column group v]
+  // The next K step's elements are fetched into registers while this step is computed, so global
+  // memory latency overlaps the arithmetic.
+  var next_a: array<f32, STAGE>;
+  var next_b: array<f32, STAGE>;
+#unroll S STAGE
+  next_a[$S] = fetch_a(lid + $S * 256u, 0u, m0, offs.x);
+  next_b[$S] = fetch_b(lid + $S * 256u, 0u, n0, offs.y);
+#endunroll
   for (var k0 = 0u; k0 < p.k; k0 += DEPTH) {
-    for (var s = 0u; s < STAGE; s++) {
-      let e = lid + s * 256u;
-      var mm = e / DEPTH;
-      var ka = e % DEPTH;
-      if (a_m_fast) {
-        mm = e % TILE;
-        ka = e / TILE;
-      }
-      let m = m0 + mm;
-      let k = k0 + ka;
-      var va = 0.0;
-      if (m < p.m && k < p.k) { va = A[offs.x + m * p.sam + k * p.sak]; }
-      tile_a[ka * TILE4 + mm / 4u][mm % 4u] = va;
-
-      var nn = e % TILE;
-      var kb = e / TILE;
-      if (!b_n_fast) {
-        nn = e / DEPTH;
-        kb = e % DEPTH;
-      }
-      let n = n0 + nn;
-      let kk = k0 + kb;
-      var vb = 0.0;
-      if (n < p.n && kk < p.k) { vb = load_b(offs.y + kk * p.sbk + n * p.sbn); }
-      tile_b[kb * TILE4 + nn / 4u][nn % 4u] = vb;
+#unroll S STAGE
+    {
+      let ca = stage_coords(lid + $S * 256u, a_fast);
+      tile_a[ca.y * TILE4 + ca.x / 4u][ca.x % 4u] = next_a[$S];
+      let cb = stage_coords(lid + $S * 256u, b_fast);
+      tile_b[cb.y * TILE4 + cb.x / 4u][cb.x % 4u] = next_b[$S];
     }
+#endunroll
     workgroupBarrier();
+    let k1 = k0 + DEPTH;
+    if (k1 < p.k) {
+#unroll S STAGE
+      next_a[$S] = fetch_a(lid + $S * 256u, k1, m0, offs.x);
+      next_b[$S] = fetch_b(lid + $S * 256u, k1, n0, offs.y);
+#endunroll
+    }
     for (var kk = 0u; kk < DEPTH; kk++) {
       // Unrolled in the source (#unroll): every private-array index is a constant, so the
       // accumulators stay in registers (a PER = 8 loop left to the driver ran 10x slower).

@@ -5,10 +5,10 @@ import process from "node:process";
 import { gpu } from "../gpu/device.ts";
 import { Tensor, noGrad, scope } from "../tensor/index.ts";
 import * as ops from "../tensor/ops/index.ts";
-import { matmulTuning, setMatmulTuning, tiledPer, type MatmulTuning } from "../tensor/ops/matmul_tuning.ts";
+import { matmulTuning, setMatmulTuning, tiledDepth, tiledPer, type MatmulTuning } from "../tensor/ops/matmul_tuning.ts";
 import { adapterClass } from "../gpu/tuning.ts";
 import type { BenchRow } from "./types.ts";
-import { pseudoRandom, timeCalls } from "./timing.ts";
+import { pseudoRandom, timeCalls, warmUpGpu } from "./timing.ts";
 
 export interface MatmulBenchOptions {
   /** [M, K, N] triples; defaults to DEFAULT_MATMUL_SHAPES. */
@@ -34,9 +34,17 @@ export const DEFAULT_MATMUL_SHAPES: [number, number, number][] = [
  * automatic choice picks the faster one).
  */
 export async function benchMatmulVariants(): Promise<BenchRow[]> {
+  const onGpu = adapterClass(gpu()) === "gpu";
+  if (onGpu) {
+    const a = Tensor.from(pseudoRandom(1024 * 1024, 1), [1024, 1024], "f32", "warm_a");
+    await warmUpGpu(() => noGrad(() => scope(() => void ops.matmul(a, a))));
+    a.dispose();
+  }
   const rows = await benchMatmul();
-  if (adapterClass(gpu()) === "gpu") {
-    for (const per of [4, 8] as const) rows.push(...(await benchMatmul({ tuning: { kind: "tiled", per } })));
+  if (onGpu) {
+    for (const [per, depth] of [[4, 16], [4, 32], [8, 8], [8, 16]] as const) {
+      rows.push(...(await benchMatmul({ tuning: { kind: "tiled", per, depth } })));
+    }
   }
   return rows;
 }
@@ -44,7 +52,7 @@ export async function benchMatmulVariants(): Promise<BenchRow[]> {
 function describeVariant(t: MatmulTuning, m: number, n: number): string {
   if (t.kind === "register") return `register ${8 * t.rowGroups}x${32 * t.colGroups}`;
   const per = tiledPer(t, m, n, 1);
-  return `tiled ${16 * per}x${16 * per}${t.per === "auto" ? " (auto)" : " (forced)"}`;
+  return `tiled ${16 * per}x${16 * per} k${tiledDepth(t, per)}${t.per === "auto" ? " (auto)" : " (forced)"}`;
 }
 
 export async function benchMatmul(opts: MatmulBenchOptions = {}): Promise<BenchRow[]> {

@@ -64,3 +64,16 @@ export async function timeCalls(fn: () => void, reps: number): Promise<{ firstMs
   times.sort((a, b) => a - b);
   return { firstMs, ms: times[Math.floor(times.length / 2)], cores: (cpu.user + cpu.system) / 1000 / wall, callsPerRep: calls };
 }
+
+/**
+ * Keep a real GPU busy for `ms` before the first timed kernel: its clocks ramp up from idle, which
+ * made the first rows of a run up to 1.5x slower than the same kernel timed later.
+ */
+export async function warmUpGpu(fn: () => void, ms = 500): Promise<void> {
+  const g = gpu();
+  const t0 = performance.now();
+  while (performance.now() - t0 < ms) {
+    for (let i = 0; i < 8; i++) fn();
+    await g.sync();
+  }
+}

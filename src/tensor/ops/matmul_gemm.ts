@@ -215,7 +215,8 @@ function launch(a: Tensor, b: Tensor, opts: GemmOptions, target: GemmTarget | nu
     gy = Math.ceil(prod.m / (8 * rg));
   } else {
     const per = tiledPer(tuning, prod.m, prod.n, zTotal);
-    const defs = { B_F16: bF16, PER: per, PV: per / 4, DEPTH: tiledDepth(per) };
+    const depth = tiledDepth(tuning, per);
+    const defs = { B_F16: bF16, PER: per, PV: per / 4, DEPTH: depth, STAGE: (16 * per * depth) / 256 };
     kernel = g.kernel("matmul_tiled", unrolledSource("matmul_tiled", TILED_SOURCE, defs), defs);
     gx = Math.ceil(prod.n / (16 * per));
     gy = Math.ceil(prod.m / (16 * per));

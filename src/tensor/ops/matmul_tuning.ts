@@ -21,6 +21,8 @@ export interface RegisterMatmul {
 export interface TiledMatmul {
   kind: "tiled";
   per: 4 | 8 | "auto";
+  /** K step (default: 16 for 64 x 64 tiles, 8 for 128 x 128). */
+  depth?: 8 | 16 | 32;
 }
 
 export type MatmulTuning = RegisterMatmul | TiledMatmul;
@@ -37,7 +39,7 @@ const chosen = new WeakMap<Gpu, MatmulTuning>();
 function describe(t: MatmulTuning): string {
   if (t.kind === "tiled") {
     if (t.per === "auto") return `workgroup-memory tiles, 128x128 (8x8 per invocation) when the output has >= ${BIG_TILE_MIN_GROUPS} of them, else 64x64 (4x4)`;
-    return `workgroup-memory tiles ${16 * t.per}x${16 * t.per}, ${t.per}x${t.per} per invocation`;
+    return `workgroup-memory tiles ${16 * t.per}x${16 * t.per}, ${t.per}x${t.per} per invocation, k step ${tiledDepth(t, t.per)}`;
   }
   return `register blocking ${8 * t.rowGroups}x${32 * t.colGroups} per subgroup of 8 (A shared by broadcasts)`;
 }
@@ -74,8 +76,8 @@ export function tiledPer(t: TiledMatmul, m: number, n: number, batch: number): 4
   return Math.ceil(m / 128) * Math.ceil(n / 128) * batch >= BIG_TILE_MIN_GROUPS ? 8 : 4;
 }
 
-/** The K step of the tiled kernel for `per` (TILE * DEPTH = 1024 elements staged per operand). */
-export const tiledDepth = (per: 4 | 8): number => (per === 8 ? 8 : 16);
+/** The K step of the tiled kernel for `per` (by default 1024 elements of each operand staged per step). */
+export const tiledDepth = (t: TiledMatmul, per: 4 | 8): number => t.depth ?? (per === 8 ? 8 : 16);
 
 /**
  * Row groups for an output of `m` rows: 1 or 2 for small M (less work on clamped rows), else the
