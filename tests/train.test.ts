@@ -1,7 +1,8 @@
 // Training on the embedded tiny model and synthetic data: log-prob consistency, exact resume,
-// refusing a foreign run dir, stopping cleanly on divergence.
-import { describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+// refusing a foreign run dir, stopping cleanly on divergence, Ctrl-C, a failed checkpoint write.
+import { describe, expect, spyOn, test } from "bun:test";
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { defaultModelDir } from "../src/models/tiny.ts";
@@ -13,6 +14,7 @@ import * as ops from "../src/tensor/ops/index.ts";
 import { train } from "../src/cli/train.ts";
 import { listCheckpoints } from "../src/rl/checkpoint.ts";
 import { UserError } from "../src/errors.ts";
+import * as safetensors from "../src/io/safetensors.ts";
 import { useGpu } from "./helpers.ts";
 
 useGpu();
@@ -130,6 +132,63 @@ describe("runs", () => {
       const ck = listCheckpoints(d);
       expect(ck.length).toBeGreaterThan(0);
       expect(existsSync(join(ck[ck.length - 1][1], "pytorch_lora_weights.safetensors"))).toBe(true);
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+
+  test("a checkpoint write that fails (full disk) leaves the previous checkpoint intact and says so", async () => {
+    const d = tmp("runE");
+    try {
+      await train({ out: d, set: [...SMALL, "num_epochs=1"], quiet: true });
+      const [[epoch0, dir0]] = listCheckpoints(d);
+      const before = readdirSync(dir0).map((f) => [f, readFileSync(join(dir0, f))] as const);
+      const full = spyOn(safetensors, "writeSafetensors").mockImplementation(() => {
+        throw Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" });
+      });
+      let err: unknown = null;
+      try {
+        await train({ out: d, set: [...SMALL, "num_epochs=2"], quiet: true });
+      } catch (e) {
+        err = e;
+      } finally {
+        full.mockRestore();
+      }
+      expect(err).toBeInstanceOf(UserError);
+      expect(String((err as Error).message)).toMatch(/checkpoint_1: could not write the checkpoint \(ENOSPC: no space left on device, write\); the previous checkpoint is intact/);
+      expect(listCheckpoints(d).map(([e]) => e)).toEqual([epoch0]);
+      expect(readdirSync(join(d, "checkpoints")).sort()).toEqual(["checkpoint_0"]); // no half-written folder
+      for (const [f, bytes] of before) expect(Buffer.compare(readFileSync(join(dir0, f)), bytes)).toBe(0);
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+
+  test("Ctrl-C (SIGINT) saves a checkpoint at the end of the epoch and exits 130", async () => {
+    const d = tmp("runF");
+    try {
+      await defaultModelDir(); // the child reuses the cached model
+      // save_freq 1000: only the interrupt can write a checkpoint.
+      const sets = [...SMALL.filter((kv) => !kv.startsWith("save_freq=")), "save_freq=1000", "num_epochs=50"].flatMap((kv) => ["--set", kv]);
+      const child = spawn(process.execPath, [join(import.meta.dir, "..", "cli.ts"), "train", "--out", d, ...sets], { stdio: ["ignore", "pipe", "pipe"] });
+      let stderr = "";
+      let sent = false;
+      child.stderr.on("data", (b: Buffer) => {
+        stderr += b.toString();
+        if (!sent && /epoch 0:/.test(stderr)) {
+          sent = true;
+          child.kill("SIGINT");
+        }
+      });
+      const code = await new Promise<number | null>((res) => child.on("exit", (c) => res(c)));
+      expect(sent).toBe(true);
+      expect(code).toBe(130);
+      expect(stderr).toContain("stopping after this epoch");
+      expect(stderr).toMatch(/interrupted: checkpoint of epoch \d+ saved/);
+      const epochs = readFileSync(join(d, "metrics.jsonl"), "utf8").trim().split("\n").length;
+      expect(epochs).toBeLessThan(50);
+      expect(listCheckpoints(d).map(([e]) => e)).toEqual([epochs - 1]);
+      expect(existsSync(join(listCheckpoints(d)[0][1], "pytorch_lora_weights.safetensors"))).toBe(true);
     } finally {
       rmSync(d, { recursive: true, force: true });
     }
