@@ -46,6 +46,8 @@ export function webgpuEntry(flags: string[] = []): GPU | null {
   if (!process.env.XDG_RUNTIME_DIR) process.env.XDG_RUNTIME_DIR = "/tmp"; // silences Mesa warnings
   const dawn = loadDawn();
   Object.assign(globalThis, dawn.globals);
-  dawnGpu = dawn.create(flags);
+  // RL4PIX_DAWN_FLAGS: extra Dawn options, space-separated (e.g. "enable-dawn-features=disable_robustness").
+  const extra = process.env.RL4PIX_DAWN_FLAGS?.split(" ").filter(Boolean) ?? [];
+  dawnGpu = dawn.create([...flags, ...extra]);
   return dawnGpu;
 }
