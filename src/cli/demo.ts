@@ -43,6 +43,8 @@ export const DEMO_SETTINGS = [
 
 interface DemoOptions {
   out?: string;
+  /** A diffusers folder instead of the embedded tiny model. */
+  model?: string;
   epochs: number;
   samples: number;
 }
@@ -95,10 +97,10 @@ export async function demo(o: DemoOptions): Promise<void> {
   if (!existsSync(manifest)) await synthDataset(data, { n: o.samples, seed: 5, size: 32 });
   say(`synthetic dataset: ${o.samples} edits (insert / remove / replace / transform) in ${data}`);
 
-  const settings = [...DEMO_SETTINGS, `data=${manifest}`, `num_epochs=${o.epochs}`, `save_freq=${o.epochs}`];
+  const settings = [...DEMO_SETTINGS, `data=${manifest}`, `num_epochs=${o.epochs}`, `save_freq=${o.epochs}`, ...(o.model ? [`model=${resolve(o.model)}`] : [])];
   const cfg = loadConfig(undefined, settings, "demo");
   await initGpu();
-  const modelDir = await defaultModelDir();
+  const modelDir = o.model ? resolve(o.model) : await defaultModelDir();
   const clipDir = defaultTinyClipDir();
   const models = loadIP2P(modelDir);
   const layers = rewardLayers(models, cfg);
@@ -136,6 +138,7 @@ export function register(program: Command): void {
     .command("demo")
     .description("synthesise data, train the embedded tiny model with the attention reward, evaluate before/after, write a report")
     .option("--out <dir>", "run folder (default runs/demo-<time>)")
+    .option("--model <dir>", "a diffusers folder instead of the embedded tiny model (e.g. from rl4pix pretrain)")
     .option("--epochs <n>", "training epochs", num("--epochs", 1, 10000, true), 16)
     .option("--samples <n>", "synthetic training edits", num("--samples", 1, 10000, true), 4)
     .action(action(async (o: DemoOptions) => await demo(o)));

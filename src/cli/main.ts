@@ -6,6 +6,7 @@ import { register as edit } from "./edit.ts";
 import { register as forward } from "./forward.ts";
 import { register as small } from "./small_commands.ts";
 import { register as train } from "./train.ts";
+import { register as pretrain } from "./pretrain.ts";
 import { register as evalCmd } from "./eval.ts";
 import { register as demo } from "./demo.ts";
 
@@ -23,7 +24,7 @@ export function buildProgram(): Command {
       // commander's own usage errors (unknown option, missing argument) are user mistakes: exit 2
       process.exit(err.exitCode === 0 ? 0 : 2);
     });
-  for (const reg of [edit, train, evalCmd, demo, forward, small, doctor, bench]) reg(program);
+  for (const reg of [edit, train, pretrain, evalCmd, demo, forward, small, doctor, bench]) reg(program);
   return program;
 }
 
