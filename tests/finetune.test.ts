@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { defaultModelDir } from "../src/models/tiny.ts";
 import { disposeModels, loadIP2P } from "../src/diffusion/pipeline.ts";
-import { finetuneLoss, trainableUnet } from "../src/diffusion/finetune.ts";
+import { finetuneLoss, trainableTextEncoder, trainableUnet } from "../src/diffusion/finetune.ts";
 import { pretrain } from "../src/cli/pretrain.ts";
 import { rgbToPlanar, synthSample } from "../src/data/synth.ts";
 import { Prng } from "../src/data/prng.ts";
@@ -53,6 +53,30 @@ describe("finetune", () => {
       expect(losses[19]).toBeLessThan(0.6 * losses[0]); // measured: 1.02 -> 0.48
       for (let i = 1; i < 20; i++) expect(losses[i]).toBeLessThan(losses[i - 1] + 0.02); // no blow-up
       for (const p of params) p.requireGrad(false);
+    } finally {
+      disposeModels(m);
+    }
+  });
+
+  test("with the text encoder trainable, every text-encoder weight gets a gradient too", async () => {
+    const m = loadIP2P(await defaultModelDir());
+    try {
+      const s = synthSample(3, 0, { size: 32 });
+      const batch = [{ source: rgbToPlanar(s.source, 32, 32), target: rgbToPlanar(s.target, 32, 32), instruction: s.instruction }];
+      const text = trainableTextEncoder(m);
+      expect(text.length).toBe(m.textEncoder.namedParameters().length);
+      await scopeAsync(async () => {
+        backward(finetuneLoss(m, batch, 32, new Prng(1), 2, { text: 0, image: 0 }, true));
+        for (const p of text) {
+          expect(p.grad).not.toBeNull();
+          const g = await p.grad!.readF32();
+          p.grad!.dispose();
+          p.grad = null;
+          expect(g.every(Number.isFinite)).toBe(true);
+        }
+      });
+      clearTape();
+      for (const p of text) p.requireGrad(false);
     } finally {
       disposeModels(m);
     }

@@ -24,6 +24,8 @@ export interface PretrainOptions {
   lr: number;
   seed: number;
   dataSeed: number;
+  /** Train the text encoder too (written into the folder as well). */
+  trainTextEncoder?: boolean;
   /** Stop early after this many seconds (the folder is written either way). */
   maxSeconds?: number;
   quiet?: boolean;
@@ -48,6 +50,7 @@ export async function pretrain(o: PretrainOptions): Promise<number[]> {
     learningRate: o.lr,
     seed: o.seed,
     example,
+    trainTextEncoder: o.trainTextEncoder,
     stop: () => o.maxSeconds !== undefined && performance.now() - t0 > o.maxSeconds * 1000,
     onStep: (step, loss) => {
       window += loss;
@@ -64,12 +67,17 @@ export async function pretrain(o: PretrainOptions): Promise<number[]> {
     const unetDir = join(tmp, "unet");
     for (const f of readdirSync(unetDir)) if (f.endsWith(".safetensors") || f.endsWith(".bin")) rmSync(join(unetDir, f));
     mkdirSync(unetDir, { recursive: true });
-    const weights = await readParameters(models.unet);
-    const tensors = new Map([...weights].map(([k, w]) => [k, { dtype: "F32" as const, shape: w.shape, data: w.data }]));
-    writeSafetensors(join(unetDir, "diffusion_pytorch_model.safetensors"), tensors, {
+    const meta = {
       format: "pt",
-      rl4pix_pretrain: JSON.stringify({ from: src, steps: losses.length, batch: o.batch, size: o.size, lr: o.lr, seed: o.seed, data_seed: o.dataSeed }),
-    });
+      rl4pix_pretrain: JSON.stringify({ from: src, steps: losses.length, batch: o.batch, size: o.size, lr: o.lr, seed: o.seed, data_seed: o.dataSeed, text_encoder: Boolean(o.trainTextEncoder) }),
+    };
+    const asF32 = (w: Map<string, { shape: readonly number[]; data: Float32Array }>) => new Map([...w].map(([k, v]) => [k, { dtype: "F32" as const, shape: v.shape, data: v.data }]));
+    writeSafetensors(join(unetDir, "diffusion_pytorch_model.safetensors"), asF32(await readParameters(models.unet)), meta);
+    if (o.trainTextEncoder) {
+      const textDir = join(tmp, "text_encoder");
+      for (const f of readdirSync(textDir)) if (f.endsWith(".safetensors") || f.endsWith(".bin")) rmSync(join(textDir, f));
+      writeSafetensors(join(textDir, "model.safetensors"), asF32(await readParameters(models.textEncoder)), meta);
+    }
   } catch (e) {
     rmSync(tmp, { recursive: true, force: true });
     throw e;
@@ -89,6 +97,7 @@ export function register(program: Command): void {
     .option("--size <px>", "image size", num("--size", 16, 4096, true), 32)
     .option("--lr <x>", "AdamW learning rate", num("--lr", 0, 1), 1e-3)
     .option("--seed <n>", "noise and dropout seed", num("--seed", 0, 2 ** 31 - 1, true), 0)
+    .option("--train-text-encoder", "train the text encoder too (IP2P keeps it frozen)")
     .option("--max-seconds <s>", "stop early after this long (the folder is written either way)", num("--max-seconds", 1, 1e7))
     .option("--data-seed <n>", "synthetic data seed (examples 0, 1, 2, … of it)", num("--data-seed", 0, 2 ** 31 - 1, true), 1000)
     .action(action(async (o: PretrainOptions) => {

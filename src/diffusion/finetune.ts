@@ -34,6 +34,8 @@ export interface FinetuneOptions {
   example: (i: number) => FinetuneExample;
   dropText?: number;
   dropImage?: number;
+  /** Train the text encoder too (IP2P keeps it frozen; a random tiny encoder keeps words too alike). */
+  trainTextEncoder?: boolean;
   maxGradNorm?: number;
   /** Polled after every step: true ends the run early. */
   stop?: () => boolean;
@@ -56,8 +58,21 @@ function imageBatch(images: readonly Float32Array[], size: number): Tensor {
   return ops.affine(Tensor.from(data, [images.length, 3, size, size], "f32", "finetune_images"), 2, -1);
 }
 
+/** Make every text-encoder weight trainable; returns them. */
+export function trainableTextEncoder(m: IP2PModels): Tensor[] {
+  return m.textEncoder.namedParameters().map(([, p]) => p.t.requireGrad());
+}
+
+/** Prompt embeddings [n, 77, D] recorded for backward (encodePrompts runs without gradients). */
+function promptEmbedsWithGrad(m: IP2PModels, prompts: readonly string[]): Tensor {
+  const L = m.tokenizer.modelMaxLength;
+  const ids = new Int32Array(prompts.length * L);
+  prompts.forEach((p, i) => ids.set(m.tokenizer.encode(p).inputIds, i * L));
+  return m.textEncoder.forward(ids, prompts.length).lastHiddenState;
+}
+
 /** The loss of one batch (recorded for backward). */
-export function finetuneLoss(m: IP2PModels, batch: readonly FinetuneExample[], size: number, rng: Prng, noiseSeed: number, drop: { text: number; image: number }): Tensor {
+export function finetuneLoss(m: IP2PModels, batch: readonly FinetuneExample[], size: number, rng: Prng, noiseSeed: number, drop: { text: number; image: number }, textGrad = false): Tensor {
   const B = batch.length;
   const sf = m.config.vae.scalingFactor;
   const abar = m.scheduler.alphasCumprod;
@@ -65,7 +80,7 @@ export function finetuneLoss(m: IP2PModels, batch: readonly FinetuneExample[], s
   const srcLat = noGrad(() => encodeImages(m, imageBatch(batch.map((e) => e.source), size))); // [B, 4, h, w]
   const keepImage = batch.map(() => (rng.next() < drop.image ? 0 : 1));
   const prompts = batch.map((e) => (rng.next() < drop.text ? "" : e.instruction));
-  const embeds = encodePrompts(m, prompts).embeds; // [B, 77, D]
+  const embeds = textGrad ? promptEmbedsWithGrad(m, prompts) : encodePrompts(m, prompts).embeds; // [B, 77, D]
   const ts = batch.map(() => Math.min(abar.length - 1, Math.floor(rng.next() * abar.length)));
   const perSample = (f: (t: number, i: number) => number) => Tensor.from(ts.map(f), [B, 1, 1, 1], "f32");
   const eps = ops.randn(z0.shape, noiseSeed); // [B, 4, h, w]
@@ -78,7 +93,7 @@ export function finetuneLoss(m: IP2PModels, batch: readonly FinetuneExample[], s
 
 /** Run the fine-tuning; returns the per-step losses. The UNet's weights are updated in place. */
 export async function finetuneUnet(m: IP2PModels, o: FinetuneOptions): Promise<number[]> {
-  const params = trainableUnet(m);
+  const params = [...trainableUnet(m), ...(o.trainTextEncoder ? trainableTextEncoder(m) : [])];
   const state: AdamWState = createAdamWState();
   const rng = new Prng(o.seed);
   const drop = { text: o.dropText ?? 0.05, image: o.dropImage ?? 0.05 };
@@ -87,7 +102,7 @@ export async function finetuneUnet(m: IP2PModels, o: FinetuneOptions): Promise<n
   for (let step = 0; step < o.steps; step++) {
     const batch = Array.from({ length: o.batch }, () => o.example(next++));
     const loss = await scopeAsync(async () => {
-      const l = finetuneLoss(m, batch, o.size, rng, o.seed * 1_000_003 + step, drop);
+      const l = finetuneLoss(m, batch, o.size, rng, o.seed * 1_000_003 + step, drop, o.trainTextEncoder);
       backward(l);
       const v = await l.item();
       scope(() => {
