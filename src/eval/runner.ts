@@ -141,6 +141,19 @@ function checkGeneration(out: string, gen: Record<string, unknown>): void {
   writeFileAtomic(path, JSON.stringify(gen, null, 2) + "\n");
 }
 
+/** How the edits were sampled: recorded with the outputs (resume check) and in results.json. */
+function samplerSettings(o: EvalOptions) {
+  return {
+    sampler: "DDIM",
+    eta: 0,
+    steps: o.steps,
+    text_guidance: o.textGuidance,
+    image_guidance: o.imageGuidance,
+    seed: o.seed,
+    resolution: o.resolution ?? null,
+  };
+}
+
 interface Planned {
   sample: EditSample;
   /** Output name per wanted setting. */
@@ -195,13 +208,7 @@ export async function runEval(o: EvalOptions): Promise<EvalRun> {
     data: resolve(o.data),
     model: labels.model ?? null,
     lora: labels.lora ?? null,
-    sampler: "DDIM",
-    eta: 0,
-    steps: o.steps,
-    text_guidance: o.textGuidance,
-    image_guidance: o.imageGuidance,
-    seed: o.seed,
-    resolution: o.resolution ?? null,
+    ...samplerSettings(o),
   };
   checkGeneration(o.out, generation);
 
@@ -318,13 +325,7 @@ export async function runEval(o: EvalOptions): Promise<EvalRun> {
       clip: clip ? (labels.clip ?? clip.dir) : null,
       turns: o.turns,
       limit: o.limit ?? null,
-      sampler: "DDIM",
-      eta: 0,
-      steps: o.steps,
-      text_guidance: o.textGuidance,
-      image_guidance: o.imageGuidance,
-      seed: o.seed,
-      resolution: o.resolution ?? null,
+      ...samplerSettings(o),
       sessions: lastOfSession.size,
       truncated_sessions: wantMulti ? truncatedSessions : null,
       truncated_instructions: truncatedInstructions,
