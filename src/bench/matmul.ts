@@ -66,28 +66,22 @@ export async function benchMatmul(opts: MatmulBenchOptions = {}): Promise<BenchR
       const variant = describeVariant(t, m, n);
       const a = Tensor.from(pseudoRandom(m * k, 1), [m, k], "f32", "bench_a").keep();
       const b = Tensor.from(pseudoRandom(k * n, 2), [k, n], "f32", "bench_b").keep();
-      const flop = 2 * m * n * k;
       const run = (f: () => Tensor) => () => noGrad(() => scope(() => void f()));
-      const mm = await timeCalls(run(() => ops.matmul(a, b)), reps);
-      rows.push({
-        name: "matmul",
-        shape: `${m}x${k}x${n}`,
-        ms: mm.ms,
-        gflops: flop / mm.ms / 1e6,
-        compileMs: Math.max(0, mm.firstMs - mm.ms),
-        note: `${variant}; ${mm.cores.toFixed(1)} cores busy`,
-      });
+      const timed = async (name: string, f: () => Tensor) => {
+        const r = await timeCalls(run(f), reps);
+        rows.push({
+          name,
+          shape: `${m}x${k}x${n}`,
+          ms: r.ms,
+          gflops: (2 * m * n * k) / r.ms / 1e6,
+          compileMs: Math.max(0, r.firstMs - r.ms),
+          note: `${variant}; ${r.cores.toFixed(1)} cores busy`,
+        });
+      };
+      await timed("matmul", () => ops.matmul(a, b));
       if (opts.f16) {
         const w = Tensor.from(pseudoRandom(n * k, 3), [n, k], "f16", "bench_w16").keep();
-        const lin = await timeCalls(run(() => ops.linear(a, w)), reps);
-        rows.push({
-          name: "linear f16 weight",
-          shape: `${m}x${k}x${n}`,
-          ms: lin.ms,
-          gflops: flop / lin.ms / 1e6,
-          compileMs: Math.max(0, lin.firstMs - lin.ms),
-          note: `${variant}; ${lin.cores.toFixed(1)} cores busy`,
-        });
+        await timed("linear f16 weight", () => ops.linear(a, w));
         w.dispose();
       }
       a.dispose();
