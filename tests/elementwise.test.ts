@@ -2,6 +2,7 @@ import { describe, test } from "bun:test";
 import * as ops from "../src/tensor/ops/index.ts";
 import { gradCheck, randn, uniform, prod, useGpu, expectClose } from "./helpers.ts";
 import { UNARY_REF, broadcast2 } from "./ref/elementwise.ts";
+import { hostRandom } from "../src/tensor/philox.ts";
 import { gpu } from "../src/gpu/device.ts";
 import { Tensor } from "../src/tensor/index.ts";
 
@@ -126,6 +127,18 @@ describe("fills and big tensors", () => {
     expect(tail[n - 1]).toBe(4.5);
     expect(tail[Math.floor(n / 2)]).toBe(4.5);
     a.dispose(); b.dispose(); c.dispose();
+  });
+  test("an elementwise op whose grid needs a second dimension (over 65535 workgroups) covers every element once", async () => {
+    const g = gpu();
+    const n = g.maxGroupsPerDim * 256 + 12345; // odd: the scalar (not vec4) kernel, 2-D grid
+    const a = ops.randn([n], 21);
+    const c = ops.add(a, a);
+    const got = await c.read();
+    const want = hostRandom("normal", n, 21);
+    let bad = 0;
+    for (let i = 0; i < n; i++) if (got[i] !== Math.fround(2 * want[i])) bad++;
+    expect(bad).toBe(0);
+    a.dispose(); c.dispose();
   });
 });
 
