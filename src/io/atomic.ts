@@ -104,3 +104,30 @@ export function publishFolder(tmp: string, target: string, label: string): void 
   }
   if (old) rmSync(old, { recursive: true, force: true });
 }
+
+/** Move a damaged folder aside and delete it; nothing happens when another process moved it first. */
+export function discardFolder(dir: string): void {
+  if (!existsSync(dir)) return;
+  const trash = tempSibling(dir);
+  try {
+    renameSync(dir, trash);
+    rmSync(trash, { recursive: true, force: true });
+  } catch {
+    // another process moved it first
+  }
+}
+
+/**
+ * Move a freshly built cache folder `tmp` to `final`. When that fails because another process
+ * published `final` first and `ready()` finds it whole, theirs is used; otherwise a UserError
+ * naming `label`.
+ */
+export function publishCacheFolder(tmp: string, final: string, ready: () => boolean, label: string): void {
+  try {
+    renameSync(tmp, final);
+  } catch (e) {
+    rmSync(tmp, { recursive: true, force: true });
+    if (ready()) return;
+    throw new UserError(`${final}: cannot move ${label} into place: ${(e as Error).message}`);
+  }
+}

@@ -20,13 +20,13 @@
 // `defaultModelDir()` materialises the default model once per spec into a cache folder (written to a
 // temporary sibling and renamed into place, so racing processes are safe) and returns its path.
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, rmSync, statSync } from "node:fs";
 import { homedir, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import process from "node:process";
 import tinySpecJson from "../../weights/tiny.json" with { type: "json" };
 import { UserError } from "../errors.ts";
-import { publishFolder, tempSibling, writeFileAtomic } from "../io/atomic.ts";
+import { discardFolder, publishCacheFolder, publishFolder, tempSibling, writeFileAtomic } from "../io/atomic.ts";
 import { loadPipelineConfig, type PipelineConfig } from "../io/diffusers.ts";
 import { writeSafetensors, type TensorToWrite } from "../io/safetensors.ts";
 import { CLIPTextModel } from "../nn/clip_text.ts";
@@ -545,25 +545,11 @@ function cachedModel(root: string, spec: TinySpec, variants: readonly string[]):
   const final = join(root, `tiny-${hash}${variants.length ? "-" + [...variants].sort().join("-") : ""}`);
   if (isComplete(final, variants)) return final;
   mkdirSync(root, { recursive: true });
-  if (existsSync(final)) {
-    // Published folders appear whole (rename), so an incomplete one was damaged afterwards.
-    const trash = tempSibling(final);
-    try {
-      renameSync(final, trash);
-      rmSync(trash, { recursive: true, force: true });
-    } catch {
-      // another process moved it first
-    }
-  }
+  // Published folders appear whole (rename), so an incomplete one was damaged afterwards.
+  discardFolder(final);
   const { tmp } = buildInTemp(final, spec, variants);
-  try {
-    renameSync(tmp, final);
-  } catch (e) {
-    rmSync(tmp, { recursive: true, force: true });
-    // Another process published the same folder first: use theirs.
-    if (isComplete(final, variants)) return final;
-    throw new UserError(`${final}: cannot move the default model into place: ${(e as Error).message}`);
-  }
+  // Another process may have published the same folder first: then theirs is used.
+  publishCacheFolder(tmp, final, () => isComplete(final, variants), "the default model");
   return final;
 }
 

@@ -12,10 +12,10 @@
 // `defaultTinyClipDir()` materialises the default tiny CLIP once into the cache folder (next to the
 // default tiny InstructPix2Pix) and returns its path.
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, rmSync, statSync } from "node:fs";
 import { join, resolve, dirname } from "node:path";
 import { UserError } from "../errors.ts";
-import { publishFolder, tempSibling, writeFileAtomic } from "../io/atomic.ts";
+import { discardFolder, publishCacheFolder, publishFolder, tempSibling, writeFileAtomic } from "../io/atomic.ts";
 import { writeSafetensors, type TensorToWrite } from "../io/safetensors.ts";
 import { hostRandn } from "../nn/load.ts";
 import { CLIPModel, parseClipConfig } from "../nn/clip_model.ts";
@@ -213,22 +213,8 @@ export function defaultTinyClipDir(cacheDir = defaultCacheRoot()): string {
   const final = join(cacheDir, `tiny-clip-${hash}`);
   if (REQUIRED.every((f) => existsSync(join(final, f)))) return final;
   mkdirSync(cacheDir, { recursive: true });
-  if (existsSync(final)) {
-    const trash = tempSibling(final);
-    try {
-      renameSync(final, trash);
-      rmSync(trash, { recursive: true, force: true });
-    } catch {
-      // another process moved it first
-    }
-  }
+  discardFolder(final);
   const tmp = buildInTemp(final, {});
-  try {
-    renameSync(tmp, final);
-  } catch (e) {
-    rmSync(tmp, { recursive: true, force: true });
-    if (REQUIRED.every((f) => existsSync(join(final, f)))) return final;
-    throw new UserError(`${final}: cannot move the tiny CLIP into place: ${(e as Error).message}`);
-  }
+  publishCacheFolder(tmp, final, () => REQUIRED.every((f) => existsSync(join(final, f))), "the tiny CLIP");
   return final;
 }
