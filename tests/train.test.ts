@@ -1,8 +1,9 @@
 // Training on the embedded tiny model and synthetic data: log-prob consistency, exact resume,
-// refusing a foreign run dir, stopping cleanly on divergence, Ctrl-C, a failed checkpoint write.
+// refusing a foreign run dir, stopping cleanly on divergence, Ctrl-C, a failed checkpoint write, a
+// reward function in place of the paper's.
 import { describe, expect, spyOn, test } from "bun:test";
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { defaultModelDir } from "../src/models/tiny.ts";
@@ -15,6 +16,11 @@ import { train } from "../src/cli/train.ts";
 import { listCheckpoints } from "../src/rl/checkpoint.ts";
 import { UserError } from "../src/errors.ts";
 import * as safetensors from "../src/io/safetensors.ts";
+import { synthDataset } from "../src/data/synth_dataset.ts";
+import { openDataset } from "../src/io/datasets/index.ts";
+import { loadConfig } from "../src/rl/config.ts";
+import { cosineSimilarity } from "../src/rl/reward.ts";
+import { Trainer } from "../src/rl/trainer.ts";
 import { useGpu } from "./helpers.ts";
 
 useGpu();
@@ -76,6 +82,40 @@ describe("log-probabilities", () => {
 });
 
 describe("runs", () => {
+  test("a reward function given to the trainer replaces the paper's and sees the map, sample and edit", async () => {
+    const dir = tmp("reward-hook");
+    try {
+      await synthDataset(join(dir, "synth"), { n: 2, seed: 3, size: 32 });
+      const cfg = loadConfig(undefined, [...SMALL, "num_epochs=1"]);
+      const models = loadIP2P(await defaultModelDir());
+      const seen: { reward: number; cos: number }[] = [];
+      try {
+        const trainer = new Trainer(models, cfg, await openDataset(join(dir, "synth", "manifest.jsonl")), join(dir, "run"), {
+          reward: ({ attentionMap, sample, output }) => {
+            expect(attentionMap.length).toBe(sample.aGt.length);
+            expect(output.length).toBe(3 * 32 * 32);
+            const cos = cosineSimilarity(attentionMap, sample.aGt);
+            const reward = output.reduce((a, v) => a + v, 0) / output.length; // brightness
+            seen.push({ reward, cos });
+            return { reward, cos, clip: 0, mae: 0 };
+          },
+        });
+        mkdirSync(join(dir, "run"), { recursive: true });
+        await trainer.init();
+        const [m] = await trainer.run();
+        expect(seen.length).toBe(2);
+        expect(m.reward_mean).toBeCloseTo((seen[0].reward + seen[1].reward) / 2, 12);
+        expect(m.reward_cos_mean).toBeCloseTo((seen[0].cos + seen[1].cos) / 2, 12);
+        // the metrics carry what the function returned, not the paper's reward (cosine-based)
+        expect(Math.abs(m.reward_mean - m.reward_cos_mean)).toBeGreaterThan(0.05);
+      } finally {
+        disposeModels(models);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("a run resumed from its checkpoint continues bit-identically", async () => {
     const a = tmp("runA");
     const b = tmp("runB");

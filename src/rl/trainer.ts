@@ -92,6 +92,25 @@ export function rewardLayers(models: IP2PModels, cfg: Config): CrossAttentionLay
   return chosen;
 }
 
+/** What a reward function sees of one sampled edit. */
+export interface RewardInput {
+  /** a_pred [mapSide * mapSide]: the recorded cross-attention map (SPEC §5). */
+  attentionMap: Float32Array;
+  sample: PreparedSample;
+  /** The decoded edit, planar RGB in [0, 1] at the training resolution. */
+  output: Float32Array;
+}
+
+export interface TrainerOptions {
+  /** Resume from a checkpoint made with another configuration. */
+  force?: boolean;
+  /**
+   * Replace the paper's reward (attention cosine + clip penalty). For experiments and tests that
+   * need a reward the policy certainly controls; the CLI always uses the paper's.
+   */
+  reward?: (x: RewardInput) => RewardParts;
+}
+
 export class Trainer {
   readonly layers: CrossAttentionLayer[];
   readonly latentSide: number;
@@ -103,7 +122,7 @@ export class Trainer {
   private startEpoch = 0;
   private fixedSamples: PreparedSample[] = [];
 
-  constructor(readonly models: IP2PModels, readonly cfg: Config, readonly dataset: EditDataset, readonly runDir: string, readonly opts: { force?: boolean } = {}) {
+  constructor(readonly models: IP2PModels, readonly cfg: Config, readonly dataset: EditDataset, readonly runDir: string, readonly opts: TrainerOptions = {}) {
     this.layers = rewardLayers(models, cfg);
     const factor = models.vae.scaleFactor;
     if (cfg.resolution % factor !== 0) throw new UserError(`resolution: ${cfg.resolution} is not a multiple of the VAE factor ${factor}`);
@@ -186,7 +205,10 @@ export class Trainer {
           const out: Rollout[] = [];
           const lps = traj.logProbs ? await Promise.all(traj.logProbs.map((l) => l.readF32())) : null;
           for (let i = 0; i < B; i++) {
-            const reward = instructReward(maps[i], prepared[i].aGt, prepared[i].source, decoded.subarray(i * per, (i + 1) * per), c.reward.alpha, c.reward.tau);
+            const output = decoded.subarray(i * per, (i + 1) * per);
+            const reward = this.opts.reward
+              ? this.opts.reward({ attentionMap: maps[i], sample: prepared[i], output })
+              : instructReward(maps[i], prepared[i].aGt, prepared[i].source, output, c.reward.alpha, c.reward.tau);
             out.push({
               key: prepared[i].key,
               embeds: keep(ops.slice(prompts.embeds, 0, i, i + 1)),
