@@ -3,7 +3,7 @@
 // reward function in place of the paper's.
 import { describe, expect, spyOn, test } from "bun:test";
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { defaultModelDir } from "../src/models/tiny.ts";
@@ -20,7 +20,7 @@ import { synthDataset } from "../src/data/synth_dataset.ts";
 import { openDataset } from "../src/io/datasets/index.ts";
 import { loadConfig } from "../src/rl/config.ts";
 import { cosineSimilarity } from "../src/rl/reward.ts";
-import { Trainer } from "../src/rl/trainer.ts";
+import { ensureRunDir, Trainer } from "../src/rl/trainer.ts";
 import { useGpu } from "./helpers.ts";
 
 useGpu();
@@ -100,7 +100,7 @@ describe("runs", () => {
             return { reward, cos, clip: 0, mae: 0 };
           },
         });
-        mkdirSync(join(dir, "run"), { recursive: true });
+        ensureRunDir(join(dir, "run"));
         await trainer.init();
         const [m] = await trainer.run();
         expect(seen.length).toBe(2);
