@@ -56,6 +56,13 @@ describe("binary ops with broadcasting", () => {
     [[1], [3, 1, 2]],
     [[6, 1], [1, 7]],
     [[1, 1, 1], [1, 1, 1]],
+    // Shapes of the row-broadcast kernel (collapsed [Z, Y, X], X % 4 == 0): a per-row constant,
+    // rows along y and z with different strides, several workgroups along X, a scalar.
+    [[2, 3, 8], [2, 3, 1]],
+    [[3, 1, 8], [1, 5, 8]],
+    [[1, 4], [5, 1]],
+    [[1, 2, 264], [1, 2, 1]],
+    [[12], [1]],
   ];
   const fns: Record<string, (x: number, y: number) => number> = {
     add: (x, y) => x + y,

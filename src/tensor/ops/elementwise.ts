@@ -1,6 +1,7 @@
 // Elementwise ops (forward and backward side by side): fills, unary maps, binary maps with numpy
 // broadcasting. Same-shape ops on tensors larger than the storage-binding limit run in windows.
 import src from "../../../wgsl/elementwise.wgsl" with { type: "text" };
+import rowsSrc from "../../../wgsl/broadcast_rows.wgsl" with { type: "text" };
 import { gpu, type Uniforms } from "../../gpu/device.ts";
 import { record } from "../autograd.ts";
 import { Tensor, numel, shapeStr } from "../tensor.ts";
@@ -127,10 +128,45 @@ export function binaryMap(name: string, expr: string, a: Tensor, b: Tensor, s0 =
   const out = Tensor.empty(shape, "f32", name);
   const g = gpu();
   const c = collapseDims(shape, [broadcastStrides(a.shape, shape), broadcastStrides(b.shape, shape)]);
+  if (broadcastRows(name, expr, c, a, b, out, s0, s1)) return out;
   const k = g.kernel(`bcast_${name}`, src, { BROADCAST: true, EXPR: expr, RANK: c.dims.length, T: "f32" });
   const p = params(out.size, s0, s1, c.dims.length, c.dims, c.strides[0], c.strides[1]);
   g.dispatch(k, [a.binding(), b.binding(), out.binding()], p, g.grid(Math.ceil(out.size / WG)));
   return out;
+}
+
+const ROWS_WG = 64;
+
+/**
+ * The fast broadcast (wgsl/broadcast_rows.wgsl) when the collapsed output shape is [Z, Y, X] (or
+ * shorter) with X % 4 == 0 and each input either runs along X (stride 1) or is constant along it
+ * (stride 0). Returns false, dispatching nothing, when the shape needs the general kernel.
+ */
+function broadcastRows(
+  name: string,
+  expr: string,
+  c: { dims: number[]; strides: number[][] },
+  a: Tensor,
+  b: Tensor,
+  out: Tensor,
+  s0: number,
+  s1: number,
+): boolean {
+  const g = gpu();
+  const rank = c.dims.length;
+  const x = c.dims[rank - 1];
+  const [sa, sb] = c.strides;
+  if (rank > 3 || x % 4 !== 0 || sa[rank - 1] > 1 || sb[rank - 1] > 1) return false;
+  const y = rank >= 2 ? c.dims[rank - 2] : 1;
+  const z = rank === 3 ? c.dims[0] : 1;
+  if (y > g.maxGroupsPerDim || z > g.maxGroupsPerDim) return false;
+  const outer = (s: number[], back: number) => (rank - 1 - back >= 0 && back > 0 ? s[rank - 1 - back] : 0);
+  const aRow = sa[rank - 1] === 1;
+  const bRow = sb[rank - 1] === 1;
+  const k = g.kernel(`bcast_rows_${name}_${aRow ? "r" : "c"}${bRow ? "r" : "c"}`, rowsSrc, { EXPR: expr, A_ROW: aRow, B_ROW: bRow });
+  const uniforms: Uniforms = ["uuuuuffu", x / 4, outer(sa, 1), outer(sa, 2), outer(sb, 1), outer(sb, 2), s0, s1, 0];
+  g.dispatch(k, [a.binding(), b.binding(), out.binding()], uniforms, [Math.ceil(x / 4 / ROWS_WG), y, z]);
+  return true;
 }
 
 /** Reduce a gradient of the broadcast shape back to `shape` (sum over broadcast dims). */
