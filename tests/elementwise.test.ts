@@ -1,10 +1,10 @@
-import { describe, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import * as ops from "../src/tensor/ops/index.ts";
-import { gradCheck, randn, uniform, prod, useGpu, expectClose } from "./helpers.ts";
+import { gradCheck, randn, uniform, prod, useGpu, expectClose, toGpu } from "./helpers.ts";
 import { UNARY_REF, broadcast2 } from "./ref/elementwise.ts";
 import { hostRandom } from "../src/tensor/philox.ts";
 import { gpu } from "../src/gpu/device.ts";
-import { Tensor } from "../src/tensor/index.ts";
+import { Tensor, backward } from "../src/tensor/index.ts";
 
 useGpu();
 
@@ -85,6 +85,34 @@ describe("binary ops with broadcasting", () => {
       });
     }
   }
+});
+
+describe("add's backward", () => {
+  test("skips the reduction for a broadcast side that wants no gradient", async () => {
+    // A trained activation plus a frozen per-channel bias, as a UNet's time embedding.
+    const x = toGpu(randn(24, 5), [2, 3, 4]).requireGrad();
+    const bias = toGpu(randn(3, 6), [1, 3, 1]);
+    const y = ops.add(x, bias);
+    const loss = ops.sum(ops.mul(y, y));
+    const before = gpu().dispatchCount;
+    backward(loss);
+    const dispatches = gpu().dispatchCount - before;
+    // d(sum y²)/dx = 2 y, and nothing for the bias.
+    const yv = await y.readF32();
+    expectClose(await x.grad!.readF32(), Array.from(yv, (v) => 2 * v), { atol: 1e-5, rtol: 1e-5 });
+    expect(bias.grad).toBeNull();
+    // The same graph with the bias trained too needs exactly one more kernel: the reduction to [1, 3, 1].
+    const x2 = toGpu(randn(24, 5), [2, 3, 4]).requireGrad();
+    const bias2 = toGpu(randn(3, 6), [1, 3, 1]).requireGrad();
+    const y2 = ops.add(x2, bias2);
+    const loss2 = ops.sum(ops.mul(y2, y2));
+    const before2 = gpu().dispatchCount;
+    backward(loss2);
+    expect(gpu().dispatchCount - before2).toBe(dispatches + 1);
+    const y2v = await y2.readF32();
+    const want = [0, 1, 2].map((c) => [0, 1].reduce((s, b) => s + [0, 1, 2, 3].reduce((t, w) => t + 2 * y2v[(b * 3 + c) * 4 + w], 0), 0));
+    expectClose(await bias2.grad!.readF32(), want, { atol: 1e-4, rtol: 1e-5 });
+  });
 });
 
 describe("reductions", () => {

@@ -176,7 +176,9 @@ function unbroadcast(g: Tensor, shape: readonly number[]): Tensor {
 
 export function add(a: Tensor, b: Tensor): Tensor {
   const out = binaryMap("add", "a + b", a, b);
-  return record(out, "add", [a, b], [], (g) => [unbroadcast(g, a.shape), unbroadcast(g, b.shape)]);
+  // Only the wanted sides: a broadcast side's gradient is a reduction (a frozen bias or time
+  // embedding added to a trained activation would pay for one per call otherwise).
+  return record(out, "add", [a, b], [], (g, _s, needs) => [needs[0] ? unbroadcast(g, a.shape) : null, needs[1] ? unbroadcast(g, b.shape) : null]);
 }
 
 export function sub(a: Tensor, b: Tensor): Tensor {
