@@ -12,7 +12,11 @@ const CLI = join(import.meta.dir, "..", "cli.ts");
 const work = mkdtempSync(join(tmpdir(), "rl4pix-cli-"));
 
 function run(...args: string[]): { code: number; out: string; err: string } {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8", env: { ...process.env, RL4PIX_CACHE_DIR: join(work, "cache") } });
+  return runEnv({}, ...args);
+}
+
+function runEnv(env: Record<string, string>, ...args: string[]): { code: number; out: string; err: string } {
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8", env: { ...process.env, RL4PIX_CACHE_DIR: join(work, "cache"), ...env } });
   const err = r.stderr.split("\n").filter((l) => !l.startsWith("Warning: max")).join("\n");
   return { code: r.status ?? -1, out: r.stdout, err };
 }
@@ -102,6 +106,16 @@ describe("other commands", () => {
   });
   test("forward refuses an unknown component", () => {
     userError(run("forward", "transformer", "--inputs", img, "--out", join(work, "f.safetensors")), "transformer");
+  });
+  test("RL4PIX_PROFILE=1 prints the command's GPU time per kernel when it exits", () => {
+    const r = runEnv({ RL4PIX_PROFILE: "1" }, "edit", img, "add a red circle", "-o", join(work, "profiled.png"), "--steps", "2");
+    expect(r.code).toBe(0);
+    const m = r.err.match(/^profile: ([\d.]+) ms GPU time in (\d+) dispatches$/m);
+    expect(m).not.toBeNull();
+    expect(Number(m![1])).toBeGreaterThan(0);
+    expect(Number(m![2])).toBeGreaterThan(100); // 2 steps of a 3-branch UNet, the text encoder and the VAE
+    expect(r.err).toMatch(/^  conv2d\S* +[\d.]+ ms +[\d.]+% +\d+ calls$/m);
+    expect(run("edit", img, "add a red circle", "-o", join(work, "unprofiled.png"), "--steps", "2").err).not.toContain("profile:");
   });
   test("doctor reports the adapter", () => {
     const r = run("doctor", "--json");

@@ -177,7 +177,6 @@ describe("fills and big tensors", () => {
   });
 });
 
-import { expect } from "bun:test";
 
 describe("geglu", () => {
   test("forward and backward", async () => {

@@ -13,11 +13,11 @@ import { backward, noGrad, scopeAsync } from "../tensor/index.ts";
 import * as ops from "../tensor/ops/index.ts";
 import { UserError } from "../errors.ts";
 import type { BenchRow } from "./types.ts";
+import { formatProfile } from "../gpu/profiler.ts";
 import {
   type ModelBenchOptions,
   buildUnet,
   describeShape,
-  formatProfile,
   loadNote,
   mib,
   modelShape,

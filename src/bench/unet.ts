@@ -5,11 +5,11 @@
 import { gpu } from "../gpu/device.ts";
 import { noGrad, scope } from "../tensor/index.ts";
 import type { BenchRow } from "./types.ts";
+import { formatProfile } from "../gpu/profiler.ts";
 import {
   type ModelBenchOptions,
   buildUnet,
   describeShape,
-  formatProfile,
   loadNote,
   mib,
   modelShape,

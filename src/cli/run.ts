@@ -1,7 +1,7 @@
 // How every command runs: GPU released on every exit path, user mistakes as one line + exit 2,
 // Ctrl-C as exit 130, bugs with their stack + exit 1.
-import { destroyGpu } from "../gpu/device.ts";
-import { NoAdapterError } from "../gpu/device.ts";
+import { NoAdapterError, destroyGpu, gpu, hasGpu } from "../gpu/device.ts";
+import { formatProfile } from "../gpu/profiler.ts";
 import { InvalidArgumentError } from "commander";
 import { Interrupted, UserError } from "../errors.ts";
 
@@ -24,6 +24,7 @@ export function action<A extends unknown[]>(fn: (...args: A) => Promise<void | n
       if (code === 1) console.error(`rl4pix: internal error: ${e instanceof Error && e.stack ? e.stack : msg}`);
       else console.error(`rl4pix: ${msg}`);
     } finally {
+      await printProfile();
       try {
         destroyGpu();
       } catch {
@@ -32,6 +33,16 @@ export function action<A extends unknown[]>(fn: (...args: A) => Promise<void | n
     }
     process.exit(code);
   };
+}
+
+/** With RL4PIX_PROFILE=1 (see gpu/device.ts): the command's per-kernel GPU time, on stderr. */
+async function printProfile(): Promise<void> {
+  if (!hasGpu() || !gpu().profiler) return;
+  try {
+    console.error(formatProfile(await gpu().stopProfiling()));
+  } catch (e) {
+    console.error(`rl4pix: RL4PIX_PROFILE: no profile (${e instanceof Error ? e.message : String(e)})`);
+  }
 }
 
 /** Parse a number flag; commander reports a bad value as a one-line usage error (exit 2). */

@@ -353,7 +353,13 @@ async function create(opts: GpuOptions): Promise<Gpu> {
     description: ai.description ?? "",
     isFallbackAdapter: Boolean(ai.isFallbackAdapter),
   };
-  return new Gpu(entry, adapter, device, info, requiredLimits);
+  const g = new Gpu(entry, adapter, device, info, requiredLimits);
+  // RL4PIX_PROFILE=1: time every dispatch of the whole command; printed when it exits (cli/run.ts).
+  const env = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env;
+  if (env?.RL4PIX_PROFILE === "1" && !g.startProfiling()) {
+    console.error("rl4pix: RL4PIX_PROFILE ignored: the adapter has no timestamp-query feature");
+  }
+  return g;
 }
 
 /** Acquire (once) the process-wide GPU context. */

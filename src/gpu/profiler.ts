@@ -72,3 +72,13 @@ export class KernelProfiler {
     this.resolveBuf.destroy();
   }
 }
+
+/** Per-kernel totals as a table, most expensive first (`bench --profile`, RL4PIX_PROFILE=1). */
+export function formatProfile(rows: KernelTime[], top = 25): string {
+  const total = rows.reduce((a, r) => a + r.ms, 0);
+  const calls = rows.reduce((a, r) => a + r.calls, 0);
+  const lines = rows.slice(0, top).map((r) =>
+    `  ${r.name.padEnd(28)} ${r.ms.toFixed(1).padStart(9)} ms ${(100 * r.ms / total).toFixed(1).padStart(5)}% ${String(r.calls).padStart(6)} calls`
+  );
+  return [`profile: ${total.toFixed(1)} ms GPU time in ${calls} dispatches`, ...lines].join("\n");
+}
