@@ -49,6 +49,9 @@ const FORWARD_CASES: Case[] = [
   { name: "Cin 13 / Cout 33 (off tile sizes), 19x21, several workgroups", g: geo(1, 13, 19, 21, 33, 3, 3, [1, 1], [1, 1, 1, 1]), bias: true },
   { name: "conv_in shape 4 -> 40, no padding", g: geo(1, 4, 6, 5, 40, 3, 3, [1, 1], [0, 0, 0, 0]), bias: true },
   { name: "size-1 spatial dims", g: geo(2, 3, 1, 1, 4, 1, 1, [1, 1], [0, 0, 0, 0]), bias: true },
+  // Rows wider than one source-preparation workgroup (64 columns).
+  { name: "a 3x70 plane", g: geo(1, 3, 3, 70, 5, 3, 3, [1, 1], [1, 1, 1, 1]), bias: true },
+  { name: "a 4x67 plane, stride 2", g: geo(1, 2, 4, 67, 3, 3, 3, [2, 2], [1, 1, 1, 1]), bias: false },
 ];
 
 function opts(g: ConvRefGeometry) {
@@ -100,6 +103,8 @@ const GRAD_CASES: [string, ConvRefGeometry][] = [
   ["3x3 stride 2, pad (0,1,0,1)", geo(1, 2, 6, 5, 3, 3, 3, [2, 2], [0, 1, 0, 1])],
   ["1x1", geo(2, 5, 3, 2, 3, 1, 1, [1, 1], [0, 0, 0, 0])],
   ["2x3 kernel, stride (1,2), pad (1,0,2,1)", geo(1, 3, 4, 5, 2, 2, 3, [1, 2], [1, 0, 2, 1])],
+  // The input gradient's dilated, padded rows are 69 wide: more than one preparation workgroup.
+  ["3x3 stride 2 on a 3x67 plane", geo(1, 1, 3, 67, 2, 3, 3, [2, 2], [1, 1, 1, 1])],
 ];
 
 for (const [variant, tuning] of Object.entries(VARIANTS)) {

@@ -33,9 +33,12 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;
 @group(0) @binding(2) var<uniform> p: Params;
 
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let px = wid.x * 64u + lid;
+// WG: invocations per workgroup along the row (8 to 64, the smallest power of two covering pw, so
+// narrow planes do not idle most lanes); px from global_invocation_id (cheaper on lavapipe than
+// workgroup_id * WG + local_invocation_index, the same value).
+@compute @workgroup_size({{WG}})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(global_invocation_id) gid: vec3<u32>) {
+  let px = gid.x;
   if (px >= p.pw) { return; }
   let py = wid.y;
   let n = p.n_first + wid.z / p.cp4;   // uniform per workgroup

@@ -179,7 +179,9 @@ function convRegister(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tensor 
     WG: wg, TM: t.tm, TN: t.tn, SUBGROUPS: t.subgroup > 0, SG: t.subgroup || 1,
     BIAS_F16: bias?.dtype === "f16",
   });
-  const prep = g.kernel("conv2d_prep", prepSrc, { DILATED: !fwd });
+  let prepWg = 8;
+  while (prepWg < 64 && prepWg < pw) prepWg *= 2;
+  const prep = g.kernel("conv2d_prep", prepSrc, { DILATED: !fwd, WG: prepWg });
   const srcPlane = v.srcH * v.srcW;
   const prepPlane = ph * pw;
   for (const ps of planPasses(geo.n, v.m, v.c, Math.max(prepPlane, srcPlane), dstPlane, t.tm, 8, "conv2d")) {
@@ -190,7 +192,7 @@ function convRegister(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tensor 
     const perDispatch = Math.max(1, Math.floor(g.maxGroupsPerDim / cp4)); // images per prep dispatch (grid z)
     for (let i0 = 0; i0 < ps.nc; i0 += perDispatch) {
       const u: Uniforms = ["uuuuuuuuiiuuuuuu", ps.cc, cp4, v.srcH, v.srcW, ph, pw, dilY, dilX, offY, offX, s.skip, v.c * srcPlane, i0, 0, 0, 0];
-      g.dispatch(prep, [s.binding, prepared.binding()], u, [Math.ceil(pw / 64), ph, Math.min(perDispatch, ps.nc - i0) * cp4]);
+      g.dispatch(prep, [s.binding, prepared.binding()], u, [Math.ceil(pw / prepWg), ph, Math.min(perDispatch, ps.nc - i0) * cp4]);
     }
     const d = windowBinding(dst, (ps.n0 * v.m + ps.m0) * dstPlane, ((ps.nc - 1) * v.m + ps.mc) * dstPlane);
     const u: Uniforms = [
