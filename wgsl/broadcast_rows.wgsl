@@ -3,8 +3,8 @@
 // bias, or [N, C] plus [C]). Each input either runs along X with the output (A_ROW / B_ROW: read as
 // vec4s) or is constant along it (one value per row, splatted). The grid carries the coordinates:
 // x = vec4 within the row (global_invocation_id.x), y and z = the row (workgroup ids), so no
-// invocation divides, and the per-row input offsets are uniform over the workgroup: lavapipe reads
-// a constant-along-X input with one scalar load per SIMD batch instead of a per-lane loop.
+// invocation divides (the general kernel in elementwise.wgsl unravels every index with % and /,
+// 4x slower on lavapipe) and the per-row input offsets are uniform over the workgroup.
 //
 //   out[z, y, x4] = EXPR(a, b),  a = in_a[z * sa_z + y * sa_y + 4 x4 ...] (A_ROW) or in_a[z * sa_z + y * sa_y]
 //

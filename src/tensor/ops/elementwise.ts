@@ -160,11 +160,12 @@ function broadcastRows(
   const y = rank >= 2 ? c.dims[rank - 2] : 1;
   const z = rank === 3 ? c.dims[0] : 1;
   if (y > g.maxGroupsPerDim || z > g.maxGroupsPerDim) return false;
-  const outer = (s: number[], back: number) => (rank - 1 - back >= 0 && back > 0 ? s[rank - 1 - back] : 0);
+  const yStride = (s: number[]) => (rank >= 2 ? s[rank - 2] : 0);
+  const zStride = (s: number[]) => (rank === 3 ? s[0] : 0);
   const aRow = sa[rank - 1] === 1;
   const bRow = sb[rank - 1] === 1;
   const k = g.kernel(`bcast_rows_${name}_${aRow ? "r" : "c"}${bRow ? "r" : "c"}`, rowsSrc, { EXPR: expr, A_ROW: aRow, B_ROW: bRow });
-  const uniforms: Uniforms = ["uuuuuffu", x / 4, outer(sa, 1), outer(sa, 2), outer(sb, 1), outer(sb, 2), s0, s1, 0];
+  const uniforms: Uniforms = ["uuuuuffu", x / 4, yStride(sa), zStride(sa), yStride(sb), zStride(sb), s0, s1, 0];
   g.dispatch(k, [a.binding(), b.binding(), out.binding()], uniforms, [Math.ceil(x / 4 / ROWS_WG), y, z]);
   return true;
 }
