@@ -256,6 +256,7 @@ describe("conv2d, more", () => {
       [geo(2, 12, 4, 5, 300, 1, 1, [1, 1], [0, 0, 0, 0]), null],
       [geo(3, 4, 5, 6, 256, 3, 3, [1, 1], [1, 1, 1, 1]), 40 * 1024], // an image per chunk
       [geo(1, 64, 4, 4, 256, 3, 3, [1, 1], [1, 1, 1, 1]), 32 * 1024], // chunks of output rows
+      [geo(1, 4, 17, 16, 256, 3, 3, [1, 1], [1, 1, 1, 1]), null], // 272 pixels: f32 weights take the one-k-at-a-time kernel
     ];
     let seed = 1200;
     for (const [g, limit] of cases) {

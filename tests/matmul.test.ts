@@ -284,7 +284,7 @@ describe("matmul, vec4-along-k register kernel (both operands contiguous along k
   test("matches the reference and the scalar kernel: narrow and wide outputs, bias + activation, f16 weights, batches", async () => {
     if (!hasRegisterSubgroups(gpu())) return;
     let seed = 300;
-    const cases: [number, number, number][] = [[1, 4, 3], [9, 12, 31], [40, 68, 33], [17, 8, 70], [64, 36, 4], [33, 16, 130]];
+    const cases: [number, number, number][] = [[1, 4, 3], [9, 12, 31], [40, 68, 33], [17, 8, 70], [64, 36, 4], [33, 16, 130], [300, 20, 40]];
     for (const [rows, inF, outF] of cases) {
       for (const f16 of [false, true]) {
         const x = randn(rows * inF, (seed += 3));
@@ -300,7 +300,7 @@ describe("matmul, vec4-along-k register kernel (both operands contiguous along k
             expectClose(await y.read(), refLinear(x, inF, wRef, outF, bias, "silu"), fwdTol(inF), `${label} k4=${k4}`);
             y.dispose();
           } finally {
-            setMatmulK4(true);
+            setMatmulK4("auto");
           }
         }
         wT.dispose();
@@ -335,7 +335,7 @@ describe("matmul, vec4-along-k register kernel (both operands contiguous along k
             expectClose(await z.read(), want, fwdTol(la.at(-1)!), `${JSON.stringify(la)} x ${JSON.stringify(lb)} f16=${f16} k4=${k4}`);
             z.dispose();
           } finally {
-            setMatmulK4(true);
+            setMatmulK4("auto");
           }
         }
         bT.dispose();

@@ -14,11 +14,23 @@ import { unrolledSource } from "./unroll.ts";
 const REGISTER_SOURCE = commonSrc + "\n" + registerSrc;
 const K4_SOURCE = commonSrc + "\n" + k4Src;
 
-let k4Enabled = true;
+let k4Mode: "auto" | boolean = "auto";
 const K4_ROW_GROUPS = 2;
-/** Use the vec4-along-k register kernel where both operands are contiguous along k (tests and benchmarks compare). */
-export function setMatmulK4(on: boolean): void {
-  k4Enabled = on;
+/**
+ * With f32 weights and at least this many rows the register kernel that loads one k at a time is
+ * faster than the vec4-along-k one (lavapipe, GFLOP per CPU-second, interleaved runs: 1024x320x320
+ * 8.5 vs 7.3, 1024x320x2560 7.8 vs 5.8, 256x640x640 7.6 vs 6.5; sd15 UNet at 256 px 12-16% less CPU
+ * time per forward). The vec4 kernel stays ahead with f16 weights (half the load components:
+ * 1024x1280x320 9.8 vs 7.9, 256x640x640 8.2 vs 7.4) and for short products (77x768x320 f32 6.4 vs 5.5).
+ */
+const K4_F32_MAX_ROWS = 255;
+/**
+ * Where both operands are contiguous along k: true forces the vec4-along-k register kernel, false
+ * the one-k-at-a-time one, "auto" (the default) picks by weight type and rows as measured above.
+ * Tests and benchmarks use the forced modes to compare the two.
+ */
+export function setMatmulK4(mode: "auto" | boolean): void {
+  k4Mode = mode;
 }
 const TILED_SOURCE = commonSrc + "\n" + tiledSrc;
 
@@ -190,7 +202,8 @@ function launch(a: Tensor, b: Tensor, opts: GemmOptions, target: GemmTarget | nu
   let gx: number;
   let gy: number;
   // Both operands contiguous along k, k a multiple of 4 and every row start 4-aligned: 4 k per load.
-  const k4 = tuning.kind === "register" && k4Enabled && k > 0 && k % 4 === 0 && prod.sak === 1 && prod.sbk === 1 &&
+  const k4Wanted = k4Mode === "auto" ? bF16 || prod.m <= K4_F32_MAX_ROWS : k4Mode;
+  const k4 = tuning.kind === "register" && k4Wanted && k > 0 && k % 4 === 0 && prod.sak === 1 && prod.sbk === 1 &&
     prod.sam % 4 === 0 && prod.sbn % 4 === 0 && [...prod.bsa, ...prod.bsb].every((v) => v % 4 === 0) && (!swap || !bF16);
   if (tuning.kind === "register" && k4) {
     // 16 rows: more accumulators spill and make the pipeline slow to compile and to run.
