@@ -41,7 +41,7 @@ function describe(t: MatmulTuning): string {
     if (t.per === "auto") return `workgroup-memory tiles, 128x128 (8x8 per invocation) when the output has >= ${BIG_TILE_MIN_GROUPS} of them, else 64x64 (4x4)`;
     return `workgroup-memory tiles ${16 * t.per}x${16 * t.per}, ${t.per}x${t.per} per invocation, k step ${tiledDepth(t, t.per)}`;
   }
-  return `register blocking ${8 * t.rowGroups}x${32 * t.colGroups} per subgroup of 8 (A shared by broadcasts)`;
+  return `register blocking ${8 * t.rowGroups}x${32 * t.colGroups} per subgroup of 8 (A shared by broadcasts; k read 4 at a time for f16 weights or under 256 rows)`;
 }
 
 /** Whether this device runs the register kernel: subgroups of exactly 8 lanes. */
