@@ -7,7 +7,7 @@ import { gpu } from "../gpu/device.ts";
 import { Tensor, noGrad, scope } from "../tensor/index.ts";
 import * as ops from "../tensor/ops/index.ts";
 import { convTuning } from "../tensor/ops/conv_tuning.ts";
-import { convGemm } from "../tensor/ops/conv_gemm.ts";
+import { convForwardUsesIm2col, convGemm } from "../tensor/ops/conv_gemm.ts";
 import { convGeometry } from "../tensor/ops/conv_geometry.ts";
 import type { BenchRow } from "./types.ts";
 import { pseudoRandom, timeCalls } from "./timing.ts";
@@ -56,7 +56,7 @@ export async function benchConv(reps = 5, shapes = CONV_SHAPES): Promise<BenchRo
       ms: r.ms,
       gflops: flops / r.ms / 1e6,
       compileMs: Math.max(0, r.firstMs - r.ms),
-      note: `${variant}; ${r.cores.toFixed(2)} cores busy`,
+      note: `${!s.inputGrad && convForwardUsesIm2col(geo) ? "im2col + matmul" : variant}; ${r.cores.toFixed(2)} cores busy`,
     });
     for (const tt of [x, w, b, dy]) tt.dispose();
   }

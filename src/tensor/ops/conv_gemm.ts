@@ -90,7 +90,7 @@ export function convGemm(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tens
   const dstShape = mode === "forward" ? [geo.n, geo.cout, geo.ho, geo.wo] : [geo.n, geo.cin, geo.h, geo.w];
   const dst = Tensor.empty(dstShape, "f32", mode === "forward" ? "conv2d" : "conv2d.grad_input");
   if (dst.size === 0) return dst;
-  if (mode === "forward" && tiles.kind === "register" && im2colEnabled && convIm2col(src, weight, bias, geo, dst)) return dst;
+  if (mode === "forward" && convIm2col(src, weight, bias, geo, dst)) return dst;
   if (tiles.kind === "register") convRegister(mode, src, weight, bias, geo, dst, tiles);
   else convTiled(mode, src, weight, bias, geo, dst, tiles);
   return dst;
@@ -112,18 +112,32 @@ export function setConvIm2col(on: boolean): void {
  * of images (or of output rows within an image) keep the patch buffer under the binding limit.
  * Returns false (nothing recorded) where this form does not apply.
  */
+/** Whether the forward of this geometry runs as im2col + matmul (bias, when given, f32). */
+export function convForwardUsesIm2col(geo: ConvGeometry): boolean {
+  const g = gpu();
+  const K = geo.cin * geo.kh * geo.kw;
+  const limit = im2colElementLimit();
+  // The patch copy costs about as much as Cout / 30 of the product's multiply-adds per element:
+  // worth it for wide outputs only (measured on lavapipe: 1.1-1.2x at Cout 320-1280, slower at 32).
+  if (!im2colEnabled || convTuning(g).forward.kind !== "register" || matmulTuning(g).kind !== "register") return false;
+  if (K % 4 !== 0 || geo.cout < IM2COL_MIN_COUT) return false;
+  return geo.cin * geo.h * geo.w <= limit && geo.cout * geo.ho * geo.wo <= limit && K * geo.wo <= limit;
+}
+
+/** Elements one binding of the patch buffer (and of the source and output windows) may hold. */
+function im2colElementLimit(): number {
+  return Math.floor((bindingLimitBytes() - 2 * (gpu().limits.minStorageBufferOffsetAlignment ?? 256)) / 4);
+}
+
 function convIm2col(x: Tensor, weight: Tensor, bias: Tensor | null, geo: ConvGeometry, dst: Tensor): boolean {
   const g = gpu();
   const taps = geo.kh * geo.kw;
   const K = geo.cin * taps;
   const plane = geo.ho * geo.wo;
-  const limit = Math.floor((bindingLimitBytes() - 2 * (g.limits.minStorageBufferOffsetAlignment ?? 256)) / 4);
+  const limit = im2colElementLimit();
   const srcImg = geo.cin * geo.h * geo.w;
   const dstImg = geo.cout * plane;
-  // The patch copy costs about as much as Cout / 30 of the product's multiply-adds per element:
-  // worth it for wide outputs only (measured on lavapipe: 1.1-1.2x at Cout 320-1280, slower at 32).
-  if (K % 4 !== 0 || geo.cout < IM2COL_MIN_COUT || matmulTuning(g).kind !== "register" || (bias && bias.dtype !== "f32")) return false;
-  if (srcImg > limit || dstImg > limit || K * geo.wo > limit) return false;
+  if ((bias && bias.dtype !== "f32") || !convForwardUsesIm2col(geo)) return false;
   const rowsPerChunk = Math.min(geo.ho, Math.floor(limit / (K * geo.wo)));
   const imgsPerChunk = rowsPerChunk === geo.ho ? Math.max(1, Math.min(Math.floor(limit / (K * plane)), Math.floor(limit / srcImg), Math.floor(limit / dstImg))) : 1;
   const kernel = g.kernel("conv2d_im2col", im2colSrc);
