@@ -104,14 +104,6 @@ export function setConvIm2col(on: boolean): void {
   im2colEnabled = on;
 }
 
-/**
- * The forward as im2col + matmul (CPU adapters): the patches of a chunk of output rows
- * [pixels, K = Cin * kh * kw] times the weight in torch's layout [Cout, K] (f32 or f16, no copy),
- * stored transposed straight into the NCHW output with the bias fused. Both operands are contiguous
- * along K, which the vec4 register matmul (matmul_k4.wgsl) needs; K % 4 == 0 is required. Chunks
- * of images (or of output rows within an image) keep the patch buffer under the binding limit.
- * Returns false (nothing recorded) where this form does not apply.
- */
 /** Whether the forward of this geometry runs as im2col + matmul (bias, when given, f32). */
 export function convForwardUsesIm2col(geo: ConvGeometry): boolean {
   const g = gpu();
@@ -129,6 +121,15 @@ function im2colElementLimit(): number {
   return Math.floor((bindingLimitBytes() - 2 * (gpu().limits.minStorageBufferOffsetAlignment ?? 256)) / 4);
 }
 
+/**
+ * The forward as im2col + matmul (CPU adapters): the patches of a chunk of output rows
+ * [pixels, K = Cin * kh * kw] times the weight in torch's layout [Cout, K] (f32 or f16, no copy),
+ * stored transposed straight into the NCHW output with the bias fused. Both operands are contiguous
+ * along K, so the register matmul may read 4 k at a time (matmul_k4.wgsl, f16 weights); K % 4 == 0
+ * is required. Chunks
+ * of images (or of output rows within an image) keep the patch buffer under the binding limit.
+ * Returns false (nothing recorded) where this form does not apply.
+ */
 function convIm2col(x: Tensor, weight: Tensor, bias: Tensor | null, geo: ConvGeometry, dst: Tensor): boolean {
   const g = gpu();
   const taps = geo.kh * geo.kw;

@@ -19,7 +19,7 @@ const K4_ROW_GROUPS = 2;
 /**
  * With f32 weights and at least this many rows the register kernel that loads one k at a time is
  * faster than the vec4-along-k one (lavapipe, GFLOP per CPU-second, interleaved runs: 1024x320x320
- * 8.5 vs 7.3, 1024x320x2560 7.8 vs 5.8, 256x640x640 7.6 vs 6.5; sd15 UNet at 256 px 12-16% less CPU
+ * 8.5 vs 7.3, 1024x320x2560 7.8 vs 5.8, 256x640x640 7.6 vs 6.5; sd15 UNet at 256 px 9-16% less CPU
  * time per forward). The vec4 kernel stays ahead with f16 weights (half the load components:
  * 1024x1280x320 9.8 vs 7.9, 256x640x640 8.2 vs 7.4) and for short products (77x768x320 f32 6.4 vs 5.5).
  */
