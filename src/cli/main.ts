@@ -18,8 +18,8 @@ export function buildProgram(): Command {
     .name("rl4pix")
     .description("Instruction-based image editing (InstructPix2Pix) fine-tuned with RL (DDPO + LoRA), on WebGPU")
     .version(VERSION)
-    .showHelpAfterError("(rl4pix help COMMAND shows the options)")
-    .configureOutput({ writeErr: (s) => process.stderr.write(s.startsWith("error:") ? `rl4pix: ${s}` : s) })
+    // a usage mistake is one line too, with the pointer to the options at its end
+    .configureOutput({ writeErr: (s) => process.stderr.write(s.startsWith("error:") ? `rl4pix: ${s.trim().replace(/\s*\n\s*/g, " ")} (rl4pix help COMMAND shows the options)\n` : s) })
     .exitOverride((err) => {
       // commander's own usage errors (unknown option, missing argument) are user mistakes: exit 2
       process.exit(err.exitCode === 0 ? 0 : 2);

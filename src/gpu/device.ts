@@ -6,6 +6,7 @@ import { KernelProfiler } from "./profiler.ts";
 import { type Defines, type Kernel, KernelCache } from "./kernels.ts";
 import { runtimeName, webgpuEntry } from "./runtime.ts";
 import { quietly } from "./quiet_wait.ts";
+import { quietNativeStderr } from "./native_stderr.ts";
 
 /** A storage or uniform buffer range bound to one kernel binding. */
 export interface GpuBinding {
@@ -320,7 +321,8 @@ let pending: Promise<Gpu> | null = null;
 async function create(opts: GpuOptions): Promise<Gpu> {
   const entry = webgpuEntry(opts.dawnFlags ?? []);
   if (!entry) throw new NoAdapterError("this runtime has no WebGPU (navigator.gpu is missing)");
-  const adapter = await entry.requestAdapter({ powerPreference: opts.lowPower ? "low-power" : "high-performance" });
+  // Dawn prints two irrelevant limit warnings to fd 2 inside this call (see native_stderr.ts).
+  const adapter = await quietNativeStderr(() => entry.requestAdapter({ powerPreference: opts.lowPower ? "low-power" : "high-performance" }));
   if (!adapter) throw new NoAdapterError("no WebGPU adapter found (install a Vulkan driver: see README, 'Set-up')");
   const wanted = ["shader-f16", "subgroups", "timestamp-query"] as GPUFeatureName[];
   const requiredFeatures = wanted.filter((f) => adapter.features.has(f));
