@@ -195,7 +195,7 @@ describe("runs", () => {
         full.mockRestore();
       }
       expect(err).toBeInstanceOf(UserError);
-      expect(String((err as Error).message)).toMatch(/checkpoint_1: could not write the checkpoint \(ENOSPC: no space left on device, write\); the previous checkpoint is intact/);
+      expect(String((err as Error).message)).toMatch(/checkpoint_1: could not write the checkpoint: no space left on the device; the previous checkpoint \(.*checkpoint_0\) is intact/);
       expect(listCheckpoints(d).map(([e]) => e)).toEqual([epoch0]);
       expect(readdirSync(join(d, "checkpoints")).sort()).toEqual(["checkpoint_0"]); // no half-written folder
       for (const [f, bytes] of before) expect(Buffer.compare(readFileSync(join(dir0, f)), bytes)).toBe(0);
@@ -204,7 +204,7 @@ describe("runs", () => {
     }
   });
 
-  test("Ctrl-C (SIGINT) saves a checkpoint at the end of the epoch and exits 130", async () => {
+  test("Ctrl-C (SIGINT) from outside saves a checkpoint of a finished epoch and exits 130 (tests/faults.test.ts times it exactly)", async () => {
     const d = tmp("runF");
     try {
       await defaultModelDir(); // the child reuses the cached model
@@ -223,8 +223,9 @@ describe("runs", () => {
       const code = await new Promise<number | null>((res) => child.on("exit", (c) => res(c)));
       expect(sent).toBe(true);
       expect(code).toBe(130);
-      expect(stderr).toContain("stopping after this epoch");
-      expect(stderr).toMatch(/interrupted: checkpoint of epoch \d+ saved/);
+      // the signal lands while sampling (that epoch is dropped) or while updating (that epoch finishes)
+      expect(stderr).toMatch(/stopping(: this epoch's sampling is dropped| after this epoch)/);
+      expect(stderr).toMatch(/interrupted.*: checkpoint of epoch \d+ saved/);
       const epochs = readFileSync(join(d, "metrics.jsonl"), "utf8").trim().split("\n").length;
       expect(epochs).toBeLessThan(50);
       expect(listCheckpoints(d).map(([e]) => e)).toEqual([epochs - 1]);

@@ -2,7 +2,9 @@
 // per epoch, sample edits as trajectories with the instruction's cross-attention recorded, score
 // them (attention cosine + clip penalty), turn rewards into per-prompt advantages, then run PPO
 // over shuffled timesteps of every trajectory with gradient accumulation, grad-norm clipping and
-// AdamW. Checkpoints allow a bit-identical resume.
+// AdamW. Checkpoints allow a bit-identical resume. A stop request (Ctrl-C) while sampling abandons
+// the epoch's samples and checkpoints the last finished epoch; while updating, the update finishes
+// and that epoch is checkpointed: either way the checkpoint is a point an uninterrupted run passes.
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { gpu } from "../gpu/device.ts";
@@ -31,10 +33,12 @@ import { initLora, loraParameters } from "../nn/lora.ts";
 import { type Config, configHash, loraScale, parseLayerSpec, selectsLayer } from "./config.ts";
 import { PerPromptStatTracker, clipAdvantages } from "./stat_tracker.ts";
 import { instructReward, type RewardParts } from "./reward.ts";
-import { SampleStream } from "./data_stream.ts";
+import { SampleStream, type StreamState } from "./data_stream.ts";
 import { type PreparedSample, prepareSample } from "./prepare.ts";
 import { ppoLoss, ppoStats } from "./ppo.ts";
 import { listCheckpoints, loadCheckpoint, saveCheckpoint, type TrainerState } from "./checkpoint.ts";
+import { chooseCheckpoint, type ResumePoint } from "./checkpoint_check.ts";
+import { faultPoint } from "./test_faults.ts";
 import { adamW, clipGradNorm, createAdamWState, type AdamWState } from "../tensor/ops/optim.ts";
 import { writeEpochSamples } from "./samples.ts";
 
@@ -57,7 +61,11 @@ export interface EpochMetrics {
 export interface TrainHooks {
   onPhase?: (epoch: number, phase: "sampling" | "training" | "saving", done: number, total: number) => void;
   onEpoch?: (m: EpochMetrics) => void;
-  /** Polled at safe points: true stops after saving a checkpoint (Ctrl-C). */
+  /**
+   * Polled at safe points: true stops after saving a checkpoint (Ctrl-C). While sampling, the epoch
+   * is abandoned at the next batch and the last finished epoch is checkpointed; while updating, the
+   * update finishes and its epoch is checkpointed.
+   */
   shouldStop?: () => boolean;
 }
 
@@ -109,6 +117,11 @@ export interface TrainerOptions {
    * need a reward the policy certainly controls; the CLI always uses the paper's.
    */
   reward?: (x: RewardInput) => RewardParts;
+  /**
+   * The checkpoint to start from (chosen and checked by `chooseCheckpoint` before the GPU starts);
+   * null starts afresh; absent, the run folder's newest checkpoint is used.
+   */
+  resume?: ResumePoint | null;
 }
 
 export class Trainer {
@@ -137,16 +150,21 @@ export class Trainer {
   async init(): Promise<number> {
     const unet = this.models.unet;
     unet.gradientCheckpointing = this.cfg.gradient_checkpointing;
-    const ckpts = listCheckpoints(this.runDir);
-    if (ckpts.length > 0) {
-      const [, path] = ckpts[ckpts.length - 1];
+    const point = this.opts.resume !== undefined ? this.opts.resume : chooseCheckpoint(this.runDir);
+    if (point) {
+      const path = point.path;
       const loaded = loadCheckpoint(path, unet, () => this.params());
       if (loaded.state.configHash !== configHash(this.cfg) && !this.opts.force) {
         throw new UserError(`${path}: checkpoint was made with another configuration (rerun with --force to train on anyway from it)`);
       }
       this.optimizer = loaded.optimizer;
       this.tracker = PerPromptStatTracker.fromJSON(loaded.state.tracker);
-      await this.stream.restore(loaded.state.stream);
+      try {
+        await this.stream.restore(loaded.state.stream);
+      } catch (e) {
+        if (e instanceof UserError) throw e;
+        throw new UserError(`${join(path, "state.json")}: its sample stream does not fit the dataset ${this.dataset.path} (was the dataset changed?)`);
+      }
       this.rng = Prng.fromState(loaded.state.rng);
       this.startEpoch = loaded.state.epoch + 1;
     } else {
@@ -174,13 +192,20 @@ export class Trainer {
     return mixSeeds(mixSeeds(this.cfg.seed, 1000 + epoch), i);
   }
 
-  private async sampleEpoch(epoch: number, hooks: TrainHooks): Promise<Rollout[]> {
+  /** The epoch's rollouts with advantages, or null when a stop was requested while sampling. */
+  private async sampleEpoch(epoch: number, hooks: TrainHooks): Promise<Rollout[] | null> {
     const c = this.cfg;
     const m = this.models;
     const B = c.sample.batch_size;
     const rollouts: Rollout[] = [];
-    for (let b = 0; b < c.sample.num_batches_per_epoch; b++) {
+    for (let b = 0; b <= c.sample.num_batches_per_epoch; b++) {
+      if (hooks.shouldStop?.()) {
+        disposeRollouts(rollouts);
+        return null;
+      }
+      if (b === c.sample.num_batches_per_epoch) break;
       hooks.onPhase?.(epoch, "sampling", b, c.sample.num_batches_per_epoch);
+      faultPoint("sampling", epoch, b);
       const rows = await this.stream.take(B);
       const prepared: PreparedSample[] = [];
       for (const r of rows) prepared.push(await prepareSample(r, c.resolution, this.mapSide));
@@ -261,7 +286,9 @@ export class Trainer {
           return guidedConditioning(m, embeds, lat);
         });
         for (let j = 0; j < nTrain; j++) {
-          hooks.onPhase?.(epoch, "training", (inner * nBatches + b) * nTrain + j, c.train.num_inner_epochs * nBatches * nTrain);
+          const k = (inner * nBatches + b) * nTrain + j;
+          hooks.onPhase?.(epoch, "training", k, c.train.num_inner_epochs * nBatches * nTrain);
+          faultPoint("training", epoch, k);
           const stepIdx = tperm.map((p) => p[j]);
           const oldLp = rs.map((r, k) => r.logProbs[stepIdx[k]]);
           const adv = rs.map((r) => r.advantage);
@@ -324,6 +351,23 @@ export class Trainer {
     await writeEpochSamples(this, join(this.runDir, "samples", `epoch_${epoch}`), this.fixedSamples);
   }
 
+  /**
+   * A stop during epoch `epoch`'s sampling: its samples are dropped, and the state at the end of the
+   * previous epoch (the LoRA and optimizer are untouched by sampling; the stream is as it was when
+   * the epoch began) is checkpointed unless that checkpoint exists. Returns the message to exit with.
+   */
+  private async stopWhileSampling(epoch: number, streamAtStart: StreamState, hooks: TrainHooks): Promise<string> {
+    const where = join(this.runDir, "checkpoints");
+    if (epoch === 0) return `interrupted while sampling epoch 0: nothing to checkpoint yet (a rerun starts afresh)`;
+    const prev = epoch - 1;
+    if (!listCheckpoints(this.runDir).some(([e]) => e === prev)) {
+      hooks.onPhase?.(prev, "saving", 0, 1);
+      await saveCheckpoint(this.runDir, this.models.unet, this.optimizer, { ...this.state(prev), stream: streamAtStart }, this.cfg.num_checkpoint_limit);
+      await this.renderSamples(epoch);
+    }
+    return `interrupted while sampling epoch ${epoch} (its samples are dropped): checkpoint of epoch ${prev} saved in ${where}`;
+  }
+
   async run(hooks: TrainHooks = {}): Promise<EpochMetrics[]> {
     const c = this.cfg;
     const metricsPath = join(this.runDir, "metrics.jsonl");
@@ -332,16 +376,14 @@ export class Trainer {
     if (this.startEpoch === 0) await this.renderSamples(0);
     for (let epoch = this.startEpoch; epoch < c.num_epochs; epoch++) {
       const t0 = performance.now();
+      const streamAtStart = this.stream.state();
       const rollouts = await this.sampleEpoch(epoch, hooks);
+      if (rollouts === null) throw new Interrupted(await this.stopWhileSampling(epoch, streamAtStart, hooks));
       let tr;
       try {
         tr = await this.trainEpoch(epoch, rollouts, hooks);
       } finally {
-        for (const r of rollouts) {
-          r.embeds.dispose();
-          r.imageLatents.dispose();
-          for (const x of r.latents) x.dispose();
-        }
+        disposeRollouts(rollouts);
       }
       const rw = rollouts.map((r) => r.reward);
       const mean = (f: (x: RewardParts) => number) => rw.reduce((a, x) => a + f(x), 0) / rw.length;
@@ -389,6 +431,14 @@ export class TrainingDiverged extends UserError {
 function readMetrics(path: string): EpochMetrics[] {
   if (!existsSync(path)) return [];
   return readFileSync(path, "utf8").split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l) as EpochMetrics);
+}
+
+function disposeRollouts(rollouts: readonly Rollout[]): void {
+  for (const r of rollouts) {
+    r.embeds.dispose();
+    r.imageLatents.dispose();
+    for (const x of r.latents) x.dispose();
+  }
 }
 
 function concatSources(ps: readonly PreparedSample[]): Float32Array {
