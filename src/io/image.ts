@@ -42,7 +42,8 @@ export function sniffImageFormat(bytes: Uint8Array): ImageFormat | null {
   return null;
 }
 
-function describeOtherFormat(bytes: Uint8Array): string {
+/** What a file that is not a PNG or JPEG is, for error messages ("a GIF image", "not an image (starts with bytes …)"). */
+export function describeOtherFormat(bytes: Uint8Array): string {
   const ascii = (from: number, n: number) => String.fromCharCode(...bytes.subarray(from, from + n));
   if (ascii(0, 2) === "BM") return "a BMP image";
   if (ascii(0, 4) === "GIF8") return "a GIF image";

@@ -3,6 +3,7 @@
 import { loadImage, loadMask, type EditSample } from "../io/datasets/index.ts";
 import { areaAverage, resizeMaskTo } from "../io/mask.ts";
 import { resize } from "../io/image.ts";
+import { maskShapeProblem } from "../io/image_header.ts";
 import { sampleKey } from "../rl/stat_tracker.ts";
 import { UserError } from "../errors.ts";
 
@@ -25,6 +26,8 @@ export async function prepareSample(s: EditSample, size: number, mapSide: number
   const rgb = { width: img.width, height: img.height, channels: 3, data: img.data.subarray(0, 3 * img.width * img.height) };
   const source = img.width === size && img.height === size ? rgb.data.slice() : resize(rgb, size, size, "bilinear").data;
   const mask = await loadMask(s.mask);
+  const problem = maskShapeProblem(mask, img);
+  if (problem) throw new UserError(`${s.mask.name}: ${problem} (${s.source.name}, sample ${s.id})`);
   // masks may come at another size than the image (MagicBrush): nearest to the image, then area-average
   const atImage = resizeMaskTo(mask, size, size);
   const aGt = areaAverage(atImage, mapSide, mapSide).data;

@@ -3,11 +3,13 @@
 // with paths relative to the manifest's folder (absolute paths are kept). Also accepted:
 // "img_id" (session id, default the sample id) and "turn" (1-based, default 1); other fields are
 // ignored. Blank lines are skipped. The whole manifest is checked when it is opened, so a bad line
-// fails before any work starts; every error names the manifest and the line.
+// fails before any work starts: every file must exist and be a PNG or JPEG (its header is read, not
+// its pixels), every mask must have its source's aspect ratio. Every error names the manifest and the line.
 import { statSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { UserError } from "../../errors.ts";
+import { maskShapeProblem, readImageHeader } from "../image_header.ts";
 import type { EditDataset, EditSample, ImageRef } from "./types.ts";
 
 /** One validated manifest line. */
@@ -110,6 +112,13 @@ export function parseManifest(text: string, manifestPath: string, checkFiles = t
         throw new UserError(`${where}: field "turn" must be an integer >= 1`);
       }
       turn = o.turn;
+    }
+    if (checkFiles) {
+      const src = readImageHeader(source, `${where}: source ${source}`);
+      const m = readImageHeader(mask, `${where}: mask ${mask}`);
+      if (target !== undefined) readImageHeader(target, `${where}: target ${target}`);
+      const problem = maskShapeProblem(m, src);
+      if (problem) throw new UserError(`${where}: mask ${mask}: ${problem}`);
     }
     entries.push({ line, id, imgId, turn, source, mask, target, instruction, caption });
   }
