@@ -1,11 +1,13 @@
 // `rl4pix doctor`: what runtime, adapter, features and limits we run on, the kernel tuning chosen for
-// this adapter, and a self-test of a few kernels against the CPU.
+// this adapter, and a self-test of a few kernels against the CPU. `--require-gpu` (GPU CI) fails at
+// once, exit 2, when the adapter is a CPU rasteriser (lavapipe, llvmpipe, SwiftShader) instead of a GPU.
 import type { Command } from "commander";
 import { gpu, initGpu } from "../gpu/device.ts";
 import { runtimeName, runtimeVersion } from "../gpu/runtime.ts";
 import { adapterClass, tuningChoices } from "../gpu/tuning.ts";
 import { selfTest } from "./kernel_check.ts";
 import { action } from "./run.ts";
+import { UserError } from "../errors.ts";
 
 function backendGuess(): string {
   if (runtimeName() === "deno") return "wgpu (Deno navigator.gpu)";
@@ -13,8 +15,12 @@ function backendGuess(): string {
   return `Dawn (npm webgpu) over ${os === "darwin" ? "Metal" : os === "win32" ? "D3D12" : "Vulkan"}`;
 }
 
-export async function doctor(json: boolean): Promise<number> {
+export async function doctor(json: boolean, requireGpu = false): Promise<number> {
   const g = await initGpu();
+  if (requireGpu && adapterClass(g) === "cpu") {
+    const what = g.info.description || g.info.architecture || g.info.vendor || "unknown";
+    throw new UserError(`doctor --require-gpu: the WebGPU adapter is a CPU rasteriser (${what}), not a GPU; check the GPU driver and its Vulkan ICD (VK_DRIVER_FILES)`);
+  }
   const checks = await selfTest();
   const report = {
     runtime: `${runtimeName()} ${runtimeVersion()}`,
@@ -50,5 +56,6 @@ export function register(program: Command): void {
     .command("doctor")
     .description("show the runtime, WebGPU adapter, features, limits and kernel tuning; run a kernel self-test")
     .option("--json", "print JSON")
-    .action(action(async (opts: { json?: boolean }) => await doctor(Boolean(opts.json))));
+    .option("--require-gpu", "fail (exit 2) when the adapter is a CPU rasteriser such as lavapipe (for GPU CI)")
+    .action(action(async (opts: { json?: boolean; requireGpu?: boolean }) => await doctor(Boolean(opts.json), Boolean(opts.requireGpu))));
 }
