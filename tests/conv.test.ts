@@ -343,3 +343,32 @@ describe("upsampleNearest to a size (odd latent sizes)", () => {
     expect(Array.from(upsampleNearestRef(Float64Array.from([10, 11, 12]), [1, 1, 1, 3], 1, 5))).toEqual([10, 10, 11, 11, 12]);
   });
 });
+
+describe("conv2d weights trained in place", () => {
+  test("the input gradient uses the weight's current values after an in-place update (no stale cached panels)", async () => {
+    // Two backward passes with the weight updated in place between them (as AdamW does): the second
+    // input gradient must be the reference one for the *updated* weight. A cache of the flipped
+    // weight panels kept on the saved handle's storage once made the second pass reuse the first
+    // weight.
+    const g: ConvRefGeometry = { n: 1, cin: 4, h: 6, w: 6, cout: 8, kh: 3, kw: 3, stride: [1, 1], pad: [1, 1, 1, 1] };
+    const xs = randn(g.n * g.cin * g.h * g.w, 41);
+    const w1 = randn(g.cout * g.cin * 9, 42, 0.3);
+    const w2 = randn(g.cout * g.cin * 9, 43, 0.3);
+    const [ho, wo] = convOutSize(g);
+    const G = new Float64Array(g.n * g.cout * ho * wo).fill(1);
+    const weight = toGpu(w1, [g.cout, g.cin, 3, 3]).keep().requireGrad();
+    const inputGrad = async () => {
+      const x = toGpu(xs, [g.n, g.cin, g.h, g.w]).requireGrad();
+      backward(ops.sum(ops.conv2d(x, weight, null, { padding: 1 })));
+      const dx = await x.grad!.readF32();
+      clearTape();
+      weight.grad?.dispose();
+      weight.grad = null;
+      return dx;
+    };
+    expectClose(await inputGrad(), conv2dGradsRef(xs, w1, G, g).dx, BWD_TOL);
+    gpu().write(weight.buffer, 0, Float32Array.from(w2)); // the in-place update
+    expectClose(await inputGrad(), conv2dGradsRef(xs, w2, G, g).dx, BWD_TOL);
+    weight.dispose();
+  });
+});

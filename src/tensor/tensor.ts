@@ -16,7 +16,19 @@ export class Storage {
    * the kernel's layout), released together with it. Only for contents never modified in place.
    */
   private derived: Map<string, Storage> | null = null;
+  /**
+   * Set once a tensor on this storage is trained (`requireGrad`): its contents change in place, so
+   * nothing may be derived from them any more. Autograd's saved handles do not require grad
+   * themselves, which is why this lives on the storage and not on the tensor.
+   */
+  mutable = false;
   constructor(readonly buffer: GPUBuffer, readonly bytes: number) {}
+
+  /** Forget everything derived from the contents (call after writing them in place). */
+  invalidate(): void {
+    if (this.derived) for (const d of this.derived.values()) d.release();
+    this.derived = null;
+  }
   release(): void {
     // After the device is gone (process exit paths) there is no pool to return the buffer to.
     if (--this.refs === 0) {
@@ -29,6 +41,7 @@ export class Storage {
 
   /** The cached derived storage under `key`, created by `make` on first use (owned by this storage). */
   derive(key: string, make: () => Storage): Storage {
+    if (this.mutable) throw new Error(`derive(${key}): the storage of ${this.buffer.label} is trained in place; nothing may be cached from it`);
     this.derived ??= new Map();
     let d = this.derived.get(key);
     if (!d) {
@@ -130,6 +143,10 @@ export class Tensor {
   /** Set `requiresGrad` (for parameters and leaves) and return this. */
   requireGrad(on = true): this {
     this.requiresGrad = on;
+    if (on) {
+      this.storage.mutable = true;
+      this.storage.invalidate();
+    }
     return this;
   }
 

@@ -54,7 +54,9 @@ export function setConvWeightCache(on: boolean): void {
  * with it).
  */
 function weightPanels(weight: Tensor, v: ReturnType<typeof gemmView>, taps: number, l: PanelLayout): Tensor {
-  if (!cacheFrozen || weight.requiresGrad) return buildPanels(weight, v, taps, l);
+  // A weight that is (or was) trained changes in place: its storage is marked mutable, and the
+  // backward's saved handle on it (which does not require grad itself) must not cache either.
+  if (!cacheFrozen || weight.requiresGrad || weight.storage.mutable) return buildPanels(weight, v, taps, l);
   const key = `conv2d.panels|${v.m}|${v.c}|${v.strideM}|${v.strideC}|${taps}|${l.mPad}|${l.cPad}|${l.tap}|${l.row}|${l.chan}|${l.flip}`;
   const st = weight.storage.derive(key, () => {
     const t = keep(buildPanels(weight, v, taps, l));
