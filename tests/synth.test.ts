@@ -102,6 +102,30 @@ describe("synthSample", () => {
     for (const c of Object.keys(SHAPE_COLORS)) expect(vocab.has(c)).toBe(true);
   });
 
+  test("grounded scenes: 2-3 shapes of distinct colours, and the instruction names an edited shape by colour and kind", () => {
+    const grounded = Array.from({ length: 80 }, (_, i) => synthSample(5, i, { size: 32, grounded: true }));
+    for (const s of grounded) {
+      const src = s.sourceScene.shapes;
+      const tgt = s.targetScene.shapes;
+      if (s.kind === "insert") expect(src.length).toBeGreaterThanOrEqual(1);
+      else expect(src.length).toBeGreaterThanOrEqual(2);
+      expect(Math.max(src.length, tgt.length)).toBeLessThanOrEqual(3);
+      for (const shapes of [src, tgt]) expect(new Set(shapes.map((x) => x.color)).size).toBe(shapes.length);
+      // remove / replace / recolour etc.: the instruction names one source shape, and that shape is
+      // the one whose pixels the mask covers.
+      const named = src.filter((x) => s.instruction.includes(`${x.color} ${x.kind}`));
+      if (s.kind === "remove" || s.kind === "replace") {
+        expect(named.length).toBe(1);
+        const m = shapeMask(named[0], s.width, s.height);
+        for (let i = 0; i < m.length; i++) if (m[i]) expect(s.mask[i]).toBe(1);
+      }
+      if (s.kind === "insert") expect(named.length).toBe(0);
+      expect(count(diffMask(s))).toBeGreaterThan(0);
+    }
+    // The default (ungrounded) generator still makes scenes with fewer shapes.
+    expect(samples.some((s) => s.sourceScene.shapes.length < 2 && s.kind !== "insert")).toBe(true);
+  });
+
   test("captions describe the target scene", () => {
     const scene: Scene = {
       width: 16,

@@ -70,6 +70,8 @@ export interface Scene {
   height: number;
   background: Background;
   shapes: Shape[];
+  /** Grounded scenes: every shape has its own colour (edits keep it so). */
+  distinctColors?: boolean;
 }
 
 export interface SynthSample {
@@ -336,10 +338,18 @@ function place(
   return null;
 }
 
+/**
+ * (kind, colour) pairs not in the scene yet. In a grounded scene (`distinctColors`) a new shape's
+ * colour is also unused, so a colour word alone names one shape.
+ */
 function unusedPairs(scene: Scene): { kind: ShapeKind; color: ShapeColor }[] {
   const used = new Set(scene.shapes.map((s) => shapeName(s)));
+  const usedColors = new Set(scene.shapes.map((s) => s.color));
   const out: { kind: ShapeKind; color: ShapeColor }[] = [];
-  for (const color of SHAPE_COLOR_NAMES) for (const kind of SHAPES) if (!used.has(`${color} ${kind}`)) out.push({ kind, color });
+  for (const color of SHAPE_COLOR_NAMES) {
+    if (scene.distinctColors && usedColors.has(color)) continue;
+    for (const kind of SHAPES) if (!used.has(`${color} ${kind}`)) out.push({ kind, color });
+  }
   return out;
 }
 
@@ -355,8 +365,8 @@ function randomBackground(rng: Prng, size: number): Background {
 }
 
 /** A random scene with `count` non-overlapping shapes with distinct (colour, kind) names. */
-function randomScene(rng: Prng, width: number, height: number, count: number): Scene {
-  const scene: Scene = { width, height, background: randomBackground(rng, Math.min(width, height)), shapes: [] };
+function randomScene(rng: Prng, width: number, height: number, count: number, distinctColors = false): Scene {
+  const scene: Scene = { width, height, background: randomBackground(rng, Math.min(width, height)), shapes: [], ...(distinctColors ? { distinctColors } : {}) };
   for (let i = 0; i < count; i++) {
     const { kind, color } = rng.pick(unusedPairs(scene));
     const s = place(rng, scene, kind, color);
@@ -458,7 +468,8 @@ function transformEdit(rng: Prng, src: Scene): Edit | null {
       instruction = fill(rng.pick(MOVE), { o: shapeName(old), d: MOVE_DIRS[d] });
     } else {
       const taken = new Set(src.shapes.map((x) => shapeName(x)));
-      const options = SHAPE_COLOR_NAMES.filter((c) => c !== old.color && !taken.has(`${c} ${old.kind}`));
+      const takenColors = new Set(src.shapes.map((x) => x.color));
+      const options = SHAPE_COLOR_NAMES.filter((c) => c !== old.color && !taken.has(`${c} ${old.kind}`) && !(src.distinctColors && takenColors.has(c)));
       if (options.length === 0) continue;
       const c = rng.pick(options);
       s = { ...old, color: c };
@@ -482,6 +493,11 @@ const EDITORS: Record<EditKind, (rng: Prng, src: Scene) => Edit | null> = {
 export interface SynthOptions {
   /** Image width and height in pixels (default 64, at least 16). */
   size?: number;
+  /**
+   * Scenes that force grounding: 2–3 shapes of distinct colours in every source (1–2 before an
+   * insert), so an instruction naming "the red circle" is the only way to know where to edit.
+   */
+  grounded?: boolean;
 }
 
 /**
@@ -493,11 +509,13 @@ export function synthSample(seed: number, index: number, opts: SynthOptions = {}
   if (!Number.isInteger(size) || size < 16) throw new Error(`synthSample: size must be an integer >= 16, got ${size}`);
   if (!Number.isInteger(index) || index < 0) throw new Error(`synthSample: bad index ${index}`);
   const kind = EDIT_KINDS[index % 4]!;
+  const grounded = Boolean(opts.grounded);
   const rng = new Prng(mixSeeds(seed, index));
   for (let attempt = 0; ; attempt++) {
-    const count = kind === "insert" ? rng.int(0, 2) : rng.int(1, 3);
-    const src = randomScene(rng, size, size, count);
-    const edit = EDITORS[kind](rng, src);
+    const count = grounded ? (kind === "insert" ? rng.int(1, 2) : rng.int(2, 3)) : kind === "insert" ? rng.int(0, 2) : rng.int(1, 3);
+    const src = randomScene(rng, size, size, count, grounded);
+    // A grounded scene promises its shape count: when placement failed, redraw.
+    const edit = grounded && src.shapes.length < count ? null : EDITORS[kind](rng, src);
     if (!edit) {
       if (attempt > 200) throw new Error(`synthSample: could not build a ${kind} edit (seed ${seed}, index ${index})`);
       continue;

@@ -32,16 +32,17 @@ class VAEAttention extends Attention {
 /** UNetMidBlock2D: resnet, attention, resnet (no time embedding). */
 class VAEMidBlock extends Module {
   readonly resnets: ModuleList<ResnetBlock2D>;
-  readonly attentions: ModuleList<VAEAttention>;
-  constructor(ch: number, groups: number) {
+  /** Absent with diffusers' `mid_block_add_attention: false` (no `attentions.*` keys then). */
+  readonly attentions: ModuleList<VAEAttention> | null;
+  constructor(ch: number, groups: number, addAttention: boolean) {
     super();
     const r = () => new ResnetBlock2D({ inChannels: ch, outChannels: ch, tembChannels: null, groups, eps: VAE_EPS });
-    this.attentions = this.child("attentions", new ModuleList([new VAEAttention(ch, groups)]));
+    this.attentions = addAttention ? this.child("attentions", new ModuleList([new VAEAttention(ch, groups)])) : null;
     this.resnets = this.child("resnets", new ModuleList([r(), r()]));
   }
   forward(x: Tensor): Tensor {
     let h = this.resnets.items[0].forward(x, null);
-    h = this.attentions.items[0].forwardSpatial(h);
+    if (this.attentions) h = this.attentions.items[0].forwardSpatial(h);
     return this.resnets.items[1].forward(h, null);
   }
 }
@@ -97,7 +98,7 @@ class Encoder extends Module {
       return new EncoderBlock(rs, i === boc.length - 1 ? null : new Downsample2D(outC, 0));
     });
     this.down_blocks = this.child("down_blocks", new ModuleList(blocks));
-    this.mid_block = this.child("mid_block", new VAEMidBlock(boc[boc.length - 1], g));
+    this.mid_block = this.child("mid_block", new VAEMidBlock(boc[boc.length - 1], g, c.midBlockAddAttention));
     this.conv_norm_out = this.child("conv_norm_out", new GroupNorm(g, boc[boc.length - 1], VAE_EPS));
     this.conv_out = this.child("conv_out", new Conv2d(boc[boc.length - 1], 2 * c.latentChannels, 3, { padding: 1 }));
   }
@@ -120,7 +121,7 @@ class Decoder extends Module {
     const rev = [...c.blockOutChannels].reverse();
     const g = c.normNumGroups;
     this.conv_in = this.child("conv_in", new Conv2d(c.latentChannels, rev[0], 3, { padding: 1 }));
-    this.mid_block = this.child("mid_block", new VAEMidBlock(rev[0], g));
+    this.mid_block = this.child("mid_block", new VAEMidBlock(rev[0], g, c.midBlockAddAttention));
     let prev = rev[0];
     const blocks = c.upBlockTypes.map((_type, i) => {
       const out = rev[i];
@@ -161,8 +162,8 @@ export class AutoencoderKL extends Module {
 
   constructor(readonly config: VaeConfig) {
     super();
-    if (!config.useQuantConv || !config.usePostQuantConv || !config.midBlockAddAttention) {
-      throw new UserError(`${config.file}: use_quant_conv, use_post_quant_conv and mid_block_add_attention must be true`);
+    if (!config.useQuantConv || !config.usePostQuantConv) {
+      throw new UserError(`${config.file}: use_quant_conv and use_post_quant_conv must be true`);
     }
     const L = config.latentChannels;
     this.encoder = this.child("encoder", new Encoder(config));
