@@ -1,107 +1,116 @@
-// `rl4pix pretrain --out DIR`: supervised InstructPix2Pix fine-tuning of a model's whole UNet on
-// synthetic edits (src/diffusion/finetune.ts), written as a new diffusers folder (the other
-// components copied unchanged). Its use: a trained starting point for the embedded tiny model.
+// `rl4pix pretrain --out RUN_DIR`: train our own small InstructPix2Pix from scratch (VAE, then text
+// encoder + UNet as text-to-image, then the editor; src/pretrain/run.ts). Resumes RUN_DIR; Ctrl-C or
+// --max-seconds checkpoint and stop (exit 130 / 0), and the same command continues later.
 import type { Command } from "commander";
-import { cpSync, existsSync, mkdirSync, readdirSync, rmSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import editorSpecJson from "../../configs/editor-tiny.json" with { type: "json" };
 import { initGpu } from "../gpu/device.ts";
-import { loadIP2P } from "../diffusion/pipeline.ts";
-import { finetuneUnet } from "../diffusion/finetune.ts";
-import { readParameters } from "../nn/load.ts";
-import { writeSafetensors } from "../io/safetensors.ts";
-import { publishFolder, tempSibling } from "../io/atomic.ts";
-import { rgbToPlanar, synthSample } from "../data/synth.ts";
-import { UserError } from "../errors.ts";
-import { modelDir } from "./model_args.ts";
+import { Interrupted, UserError } from "../errors.ts";
+import { parseTinySpec, type TinySpec } from "../models/tiny.ts";
+import { type PretrainSettings, runPretrain } from "../pretrain/run.ts";
 import { action, num } from "./run.ts";
 
 export interface PretrainOptions {
   out: string;
-  model?: string;
-  steps: number;
-  batch: number;
+  spec?: string;
   size: number;
-  lr: number;
+  batch: number;
   seed: number;
-  dataSeed: number;
-  /** Train the text encoder too (written into the folder as well). */
-  trainTextEncoder?: boolean;
-  /** Stop early after this many seconds (the folder is written either way). */
+  vaeSteps: number;
+  t2iSteps: number;
+  editorSteps: number;
+  vaeLr: number;
+  t2iLr: number;
+  editorLr: number;
+  textLrScale: number;
+  evalEvery: number;
+  heldOut: number;
+  evalSampleSteps: number;
+  checkpointEvery: number;
   maxSeconds?: number;
   quiet?: boolean;
 }
 
-/** Fine-tune and write the folder; returns the per-step losses. */
-export async function pretrain(o: PretrainOptions): Promise<number[]> {
-  if (existsSync(o.out) && readdirSync(o.out).length > 0) throw new UserError(`${o.out}: the output folder exists and is not empty`);
-  const src = await modelDir({ model: o.model });
-  await initGpu();
-  const models = loadIP2P(src);
-  const example = (i: number) => {
-    const s = synthSample(o.dataSeed, i, { size: o.size });
-    return { source: rgbToPlanar(s.source, s.width, s.height), target: rgbToPlanar(s.target, s.width, s.height), instruction: s.instruction };
-  };
-  const t0 = performance.now();
-  let window = 0;
-  const losses = await finetuneUnet(models, {
-    steps: o.steps,
-    batch: o.batch,
-    size: o.size,
-    learningRate: o.lr,
-    seed: o.seed,
-    example,
-    trainTextEncoder: o.trainTextEncoder,
-    stop: () => o.maxSeconds !== undefined && performance.now() - t0 > o.maxSeconds * 1000,
-    onStep: (step, loss) => {
-      window += loss;
-      if (!o.quiet && ((step + 1) % 50 === 0 || step + 1 === o.steps)) {
-        const n = (step % 50) + 1;
-        console.error(`step ${step + 1}/${o.steps}: loss ${(window / n).toFixed(4)} (mean of the last ${n}) ${((performance.now() - t0) / 1000).toFixed(0)} s`);
-        window = 0;
-      }
-    },
-  });
-  const tmp = tempSibling(o.out);
+function readSpec(path?: string): TinySpec {
+  if (!path) return parseTinySpec(editorSpecJson, "configs/editor-tiny.json");
+  let raw: unknown;
   try {
-    cpSync(src, tmp, { recursive: true });
-    const unetDir = join(tmp, "unet");
-    for (const f of readdirSync(unetDir)) if (f.endsWith(".safetensors") || f.endsWith(".bin")) rmSync(join(unetDir, f));
-    mkdirSync(unetDir, { recursive: true });
-    const meta = {
-      format: "pt",
-      rl4pix_pretrain: JSON.stringify({ from: src, steps: losses.length, batch: o.batch, size: o.size, lr: o.lr, seed: o.seed, data_seed: o.dataSeed, text_encoder: Boolean(o.trainTextEncoder) }),
-    };
-    const asF32 = (w: Map<string, { shape: readonly number[]; data: Float32Array }>) => new Map([...w].map(([k, v]) => [k, { dtype: "F32" as const, shape: v.shape, data: v.data }]));
-    writeSafetensors(join(unetDir, "diffusion_pytorch_model.safetensors"), asF32(await readParameters(models.unet)), meta);
-    if (o.trainTextEncoder) {
-      const textDir = join(tmp, "text_encoder");
-      for (const f of readdirSync(textDir)) if (f.endsWith(".safetensors") || f.endsWith(".bin")) rmSync(join(textDir, f));
-      writeSafetensors(join(textDir, "model.safetensors"), asF32(await readParameters(models.textEncoder)), meta);
-    }
+    raw = JSON.parse(readFileSync(path, "utf8"));
   } catch (e) {
-    rmSync(tmp, { recursive: true, force: true });
-    throw e;
+    throw new UserError(`${path}: cannot read the architecture spec (${(e as Error).message})`);
   }
-  publishFolder(tmp, o.out, o.out);
-  return losses;
+  return parseTinySpec(raw, path);
+}
+
+export function pretrainSettings(o: PretrainOptions): PretrainSettings {
+  const spec = readSpec(o.spec);
+  if (o.batch % 2 !== 0) throw new UserError(`--batch: must be even (the VAE stage pairs sources and targets), got ${o.batch}`);
+  return {
+    spec,
+    size: o.size,
+    batch: o.batch,
+    seed: o.seed,
+    vae: { steps: o.vaeSteps, lr: o.vaeLr, klWeight: 1e-5 },
+    t2i: { steps: o.t2iSteps, lr: o.t2iLr, textLrScale: o.textLrScale, captionDropout: 0.1 },
+    editor: { steps: o.editorSteps, lr: o.editorLr, dropout: 0.05 },
+    warmupSteps: 100,
+    weightDecay: 0.01,
+    maxGradNorm: 1,
+    checkpointEvery: o.checkpointEvery,
+    evalEvery: o.evalEvery,
+    heldOut: o.heldOut,
+    evalSampleSteps: o.evalSampleSteps,
+  };
+}
+
+/** Returns true when every stage finished. */
+export async function pretrain(o: PretrainOptions): Promise<boolean> {
+  const settings = pretrainSettings(o);
+  await initGpu();
+  const t0 = performance.now();
+  let interrupted = false;
+  const onSigint = () => {
+    if (interrupted) process.exit(130);
+    interrupted = true;
+    console.error("\nrl4pix: stopping after this step (a checkpoint will be saved); press Ctrl-C again to quit now");
+  };
+  process.on("SIGINT", onSigint);
+  try {
+    const done = await runPretrain(o.out, settings, {
+      stop: () => interrupted || (o.maxSeconds !== undefined && performance.now() - t0 > o.maxSeconds * 1000),
+      log: o.quiet ? undefined : (line) => console.error(line),
+    });
+    if (interrupted) throw new Interrupted(`interrupted; run the same command to resume ${o.out}`);
+    return done;
+  } finally {
+    process.off("SIGINT", onSigint);
+  }
 }
 
 export function register(program: Command): void {
   program
     .command("pretrain")
-    .description("supervised InstructPix2Pix fine-tuning of the whole UNet on synthetic edits; writes a new diffusers folder")
-    .requiredOption("--out <dir>", "output folder (must not exist or be empty)")
-    .option("--model <dir>", "diffusers folder to start from (default: the embedded tiny model)")
-    .option("--steps <n>", "optimizer steps", num("--steps", 1, 1e7, true), 2000)
-    .option("--batch <n>", "examples per step", num("--batch", 1, 4096, true), 16)
-    .option("--size <px>", "image size", num("--size", 16, 4096, true), 32)
-    .option("--lr <x>", "AdamW learning rate", num("--lr", 0, 1), 1e-3)
+    .description("train a small InstructPix2Pix from scratch on grounded synthetic edits (VAE, text-to-image, editor); resumes --out")
+    .requiredOption("--out <dir>", "run folder (checkpoints, metrics.jsonl per stage, model/ when a stage finishes); resumed when it exists")
+    .option("--spec <file>", "architecture (rl4pix-tiny/1 JSON; default configs/editor-tiny.json)")
+    .option("--size <px>", "image size", num("--size", 16, 512, true), 32)
+    .option("--batch <n>", "examples per step (even)", num("--batch", 2, 4096, true), 16)
     .option("--seed <n>", "noise and dropout seed", num("--seed", 0, 2 ** 31 - 1, true), 0)
-    .option("--train-text-encoder", "train the text encoder too (IP2P keeps it frozen)")
-    .option("--max-seconds <s>", "stop early after this long (the folder is written either way)", num("--max-seconds", 1, 1e7))
-    .option("--data-seed <n>", "synthetic data seed (examples 0, 1, 2, … of it)", num("--data-seed", 0, 2 ** 31 - 1, true), 1000)
+    .option("--vae-steps <n>", "VAE (autoencoder) steps", num("--vae-steps", 0, 1e7, true), 1500)
+    .option("--t2i-steps <n>", "text-to-image steps (text encoder + UNet on captions)", num("--t2i-steps", 0, 1e7, true), 3000)
+    .option("--editor-steps <n>", "InstructPix2Pix steps", num("--editor-steps", 0, 1e7, true), 2000)
+    .option("--vae-lr <x>", "VAE learning rate", num("--vae-lr", 0, 1), 1e-3)
+    .option("--t2i-lr <x>", "text-to-image learning rate", num("--t2i-lr", 0, 1), 1e-3)
+    .option("--editor-lr <x>", "editor learning rate", num("--editor-lr", 0, 1), 5e-4)
+    .option("--text-lr-scale <x>", "text encoder learning rate / UNet's in the text-to-image stage", num("--text-lr-scale", 0, 10), 0.5)
+    .option("--eval-every <n>", "held-out evaluation every N steps", num("--eval-every", 0, 1e7, true), 500)
+    .option("--held-out <n>", "held-out examples in the periodic evaluations", num("--held-out", 1, 4096, true), 32)
+    .option("--eval-sample-steps <n>", "DDIM steps of the editor's sampled evaluation", num("--eval-sample-steps", 1, 1000, true), 20)
+    .option("--checkpoint-every <n>", "steps between checkpoints", num("--checkpoint-every", 1, 1e7, true), 100)
+    .option("--max-seconds <s>", "checkpoint and stop after this long (run again to resume)", num("--max-seconds", 1, 1e8))
     .action(action(async (o: PretrainOptions) => {
-      await pretrain(o);
-      console.log(o.out);
+      const done = await pretrain(o);
+      console.log(done ? join(o.out, "model") : `${o.out} (stopped; run the same command to resume)`);
     }));
 }

@@ -1,0 +1,223 @@
+// Pretraining our own InstructPix2Pix (src/pretrain/): each objective trains what it should, a run
+// stopped and resumed equals an uninterrupted one bit for bit, a damaged checkpoint or changed
+// settings are refused with the file named, and the held-out measurements compute what they claim.
+import { describe, expect, test } from "bun:test";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { defaultModelDir, writeTinyCheckpoint } from "../src/models/tiny.ts";
+import { disposeModels, type IP2PModels, loadIP2P } from "../src/diffusion/pipeline.ts";
+import { backward, clearTape, scope, type Tensor } from "../src/tensor/index.ts";
+import { scopeAsync } from "../src/tensor/scope.ts";
+import { adamW, createAdamWState } from "../src/tensor/ops/optim.ts";
+import { editorLoss, t2iLoss, vaeLoss } from "../src/pretrain/objectives.ts";
+import { heldOutExamples, maskToMap, trainExample } from "../src/pretrain/data.ts";
+import { wordPositions } from "../src/pretrain/evaluate.ts";
+import { runPretrain } from "../src/pretrain/run.ts";
+import { pretrainSettings, type PretrainOptions } from "../src/cli/pretrain.ts";
+import { UserError } from "../src/errors.ts";
+import { useGpu } from "./helpers.ts";
+
+useGpu();
+
+/** Gradients of one loss: which parameters got one. */
+async function gradientOwners(m: IP2PModels, loss: () => Tensor): Promise<{ unet: boolean[]; vae: boolean[]; text: boolean[] }> {
+  const groups = { unet: m.unet, vae: m.vae, text: m.textEncoder };
+  const all = Object.values(groups).flatMap((g) => g.namedParameters().map(([, p]) => p.t));
+  for (const t of all) t.requireGrad();
+  const out = await scopeAsync(async () => {
+    backward(loss());
+    const owners = Object.fromEntries(Object.entries(groups).map(([k, g]) => [k, g.namedParameters().map(([, p]) => p.t.grad !== null)]));
+    // conv_in's image channels get an exact zero gradient in the text-to-image stage.
+    return owners as { unet: boolean[]; vae: boolean[]; text: boolean[] };
+  });
+  clearTape();
+  for (const t of all) {
+    t.grad?.dispose();
+    t.grad = null;
+    t.requireGrad(false);
+  }
+  return out;
+}
+
+describe("pretraining objectives", () => {
+  test("the VAE loss reaches only the VAE, the text-to-image loss the UNet and the text encoder, the editor loss only the UNet", async () => {
+    const m = loadIP2P(await defaultModelDir());
+    try {
+      const v = await gradientOwners(m, () => vaeLoss(m, 0, 0, 2, 32, { klWeight: 1e-5 }));
+      expect(v.vae.every(Boolean)).toBe(true);
+      expect(v.unet.some(Boolean) || v.text.some(Boolean)).toBe(false);
+      const t = await gradientOwners(m, () => t2iLoss(m, 0, 0, 2, 32, { captionDropout: 0 }));
+      expect(t.unet.every(Boolean)).toBe(true);
+      expect(t.text.every(Boolean)).toBe(true);
+      expect(t.vae.some(Boolean)).toBe(false);
+      const e = await gradientOwners(m, () => editorLoss(m, 0, 0, 2, 32, { dropout: 0.05 }));
+      expect(e.unet.every(Boolean)).toBe(true);
+      expect(e.text.some(Boolean) || e.vae.some(Boolean)).toBe(false);
+    } finally {
+      disposeModels(m);
+    }
+  });
+
+  test("a step's loss is a function of (seed, step): the same step twice gives the same value, another step another", async () => {
+    const m = loadIP2P(await defaultModelDir());
+    try {
+      const value = (step: number, seed = 0) => scopeAsync(async () => await editorLoss(m, seed, step, 2, 32, { dropout: 0.05 }).item());
+      const a = await value(3);
+      expect(await value(3)).toBe(a);
+      expect(await value(4)).not.toBe(a);
+      expect(await value(3, 1)).not.toBe(a);
+    } finally {
+      disposeModels(m);
+    }
+  });
+
+  test("training the VAE and the editor on one fixed step drives their losses down", async () => {
+    const m = loadIP2P(await defaultModelDir());
+    try {
+      for (const [name, params, loss] of [
+        ["vae", m.vae.namedParameters().map(([, p]) => p.t), () => vaeLoss(m, 0, 7, 2, 32, { klWeight: 1e-5 })],
+        ["editor", m.unet.namedParameters().map(([, p]) => p.t), () => editorLoss(m, 0, 7, 2, 32, { dropout: 0 })],
+      ] as const) {
+        const state = createAdamWState();
+        for (const p of params) p.requireGrad();
+        const losses: number[] = [];
+        for (let i = 0; i < 15; i++) {
+          losses.push(await scopeAsync(async () => {
+            const l = loss();
+            backward(l);
+            const x = await l.item();
+            scope(() => adamW(params, state, { lr: 2e-3, weightDecay: 0 }));
+            for (const p of params) {
+              p.grad?.dispose();
+              p.grad = null;
+            }
+            return x;
+          }));
+          clearTape();
+        }
+        for (const p of params) p.requireGrad(false);
+        expect(`${name}: ${losses[14] < 0.7 * losses[0]}`).toBe(`${name}: true`);
+      }
+    } finally {
+      disposeModels(m);
+    }
+  });
+});
+
+describe("held-out data and measurements", () => {
+  test("the held-out split is fixed and never among the first training examples", () => {
+    const a = heldOutExamples(8, 32);
+    const b = heldOutExamples(8, 32);
+    expect(a.map((e) => e.instruction)).toEqual(b.map((e) => e.instruction));
+    const key = (e: { source: Float32Array; instruction: string }) => `${e.instruction}|${Array.from(e.source.subarray(0, 64)).join(",")}`;
+    const train = new Set(Array.from({ length: 400 }, (_, i) => key(trainExample(i, 32))));
+    for (const e of a) expect(train.has(key(e))).toBe(false);
+  });
+
+  test("maskToMap area-averages the mask", () => {
+    const mask = new Uint8Array(8 * 8);
+    for (let y = 0; y < 4; y++) for (let x = 0; x < 2; x++) mask[y * 8 + x] = 1; // left half of the top-left 4x4 block
+    mask[7 * 8 + 7] = 1;
+    const map = maskToMap(mask, 8, 2);
+    expect(Array.from(map)).toEqual([0.5, 0, 0, 1 / 16]);
+  });
+
+  test("wordPositions finds an object's colour and kind tokens in a caption", async () => {
+    const m = loadIP2P(await defaultModelDir());
+    try {
+      const caption = "a red circle and a blue square on a gray background";
+      const ids = m.tokenizer.encode(caption).inputIds;
+      const pos = wordPositions(m, caption, "blue square")!;
+      expect(pos).toHaveLength(2);
+      expect(m.tokenizer.decode([ids[pos[0]], ids[pos[1]]])).toBe("blue square");
+      expect(wordPositions(m, caption, "green star")).toBeNull();
+    } finally {
+      disposeModels(m);
+    }
+  });
+});
+
+function options(out: string, spec: string, extra: Partial<PretrainOptions> = {}): PretrainOptions {
+  return {
+    out, spec, size: 32, batch: 2, seed: 3, vaeSteps: 3, t2iSteps: 3, editorSteps: 3, vaeLr: 1e-3, t2iLr: 1e-3, editorLr: 1e-3,
+    textLrScale: 0.5, evalEvery: 0, heldOut: 2, evalSampleSteps: 2, checkpointEvery: 2, ...extra,
+  };
+}
+
+function modelBytes(dir: string): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
+  for (const sub of ["unet", "vae", "text_encoder"]) {
+    for (const f of readdirSync(join(dir, "model", sub))) out.set(`${sub}/${f}`, readFileSync(join(dir, "model", sub, f)));
+  }
+  return out;
+}
+
+describe("rl4pix pretrain runs", () => {
+  test("stopped in every stage and resumed, a run writes the same model bytes as an uninterrupted one; bad resumes are refused", async () => {
+    const work = mkdtempSync(join(tmpdir(), "rl4pix-pretrain-"));
+    try {
+      // A small architecture (the embedded random model's sizes) keeps this quick.
+      const specPath = join(work, "spec.json");
+      const spec = JSON.parse(readFileSync(join(import.meta.dir, "..", "configs", "editor-tiny.json"), "utf8"));
+      spec.unet = { ...spec.unet, block_out_channels: [16, 32], cross_attention_dim: 32, attention_head_dim: 2 };
+      spec.text_encoder = { ...spec.text_encoder, hidden_size: 32, intermediate_size: 64, projection_dim: 32 };
+      spec.vae = { ...spec.vae, block_out_channels: [8, 16] };
+      writeFileSync(specPath, JSON.stringify(spec));
+
+      const whole = join(work, "whole");
+      expect(await runPretrain(whole, pretrainSettings(options(whole, specPath)))).toBe(true);
+
+      const parts = join(work, "parts");
+      const settings = pretrainSettings(options(parts, specPath));
+      // Stop after 2, then 2, then 2, … optimizer steps: every stage is interrupted at least once
+      // (after its first or second step), and checkpoints are written at the stop.
+      let resumes = 0;
+      for (;;) {
+        let calls = 0;
+        const done = await runPretrain(parts, settings, { stop: () => ++calls >= 2 });
+        if (done) break;
+        resumes++;
+        expect(resumes).toBeLessThan(10);
+      }
+      expect(resumes).toBeGreaterThanOrEqual(3);
+      const a = modelBytes(whole);
+      const b = modelBytes(parts);
+      expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
+      for (const [k, v] of a) expect(`${k}: ${Buffer.compare(v, b.get(k)!) === 0}`).toBe(`${k}: true`);
+      const vaeCfg = JSON.parse(readFileSync(join(whole, "model", "vae", "config.json"), "utf8"));
+      expect(vaeCfg.scaling_factor).not.toBe(1); // chosen from the trained encoder's latents
+
+      // Other settings on the same folder: refused, naming settings.json.
+      const other = pretrainSettings(options(parts, specPath, { t2iLr: 5e-4 }));
+      await expect(runPretrain(parts, other)).rejects.toThrow(/settings\.json: this run was started with other settings/);
+
+      // A damaged newest checkpoint: refused, naming the file (never a silent fall-back).
+      const longer = pretrainSettings(options(parts, specPath, { editorSteps: 5 }));
+      const ckpts = readdirSync(join(parts, "editor")).filter((n) => n.startsWith("ckpt-")).sort();
+      const newest = join(parts, "editor", ckpts[ckpts.length - 1], "weights.safetensors");
+      writeFileSync(newest, readFileSync(newest).subarray(0, 100));
+      let err: unknown = null;
+      try {
+        await runPretrain(parts, longer);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(UserError);
+      expect((err as Error).message).toContain(newest);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+
+  test("the starting model folder is refused when it is not a model", async () => {
+    const work = mkdtempSync(join(tmpdir(), "rl4pix-pretrain-"));
+    try {
+      writeTinyCheckpoint(join(work, "base"), {});
+      writeFileSync(join(work, "base", "model_index.json"), "{ not json");
+      await expect(runPretrain(work, pretrainSettings(options(work, "")))).rejects.toThrow(/model_index\.json/);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+});
