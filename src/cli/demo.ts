@@ -7,7 +7,6 @@ import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { initGpu } from "../gpu/device.ts";
 import { synthDataset } from "../data/synth_dataset.ts";
-import { defaultModelDir } from "../models/tiny.ts";
 import { defaultTinyClipDir } from "../models/tiny_clip.ts";
 import { loadClip } from "../nn/clip_model.ts";
 import { type IP2PModels, loadIP2P } from "../diffusion/pipeline.ts";
@@ -16,12 +15,13 @@ import { openDataset } from "../io/datasets/index.ts";
 import { runEval } from "../eval/runner.ts";
 import type { TableRow } from "../eval/table.ts";
 import { writeReport } from "../eval/report.ts";
-import { loadConfig, type Config } from "../rl/config.ts";
+import type { Config } from "../rl/config.ts";
 import { listCheckpoints, LORA_FILE } from "../rl/checkpoint.ts";
 import { rewardLayers } from "../rl/trainer.ts";
 import { prepareSample, type PreparedSample } from "../rl/prepare.ts";
 import { type AttentionEval, evaluateAttention } from "../rl/attention_eval.ts";
 import { train } from "./train.ts";
+import { loadRunConfig } from "./run_config.ts";
 import { action, num } from "./run.ts";
 
 /** The demo's training run: small, and tuned so the reward moves within minutes on 2 CPU cores. */
@@ -35,7 +35,6 @@ export const DEMO_SETTINGS = [
   "train.adam_beta2=0.99",
   "train.clip_range=0.2",
   "reward.alpha=0",
-  "reward.layers=res:2",
   "per_prompt_stat_tracking.buffer_size=16",
   "per_prompt_stat_tracking.min_count=2",
   "report.num_samples=4",
@@ -94,13 +93,14 @@ export async function demo(o: DemoOptions): Promise<void> {
   if (existsSync(join(runDir, "config.json"))) say(`resuming the run in ${runDir}`);
   const data = join(runDir, "data");
   const manifest = join(data, "manifest.jsonl");
+  const settings = [...DEMO_SETTINGS, `data=${manifest}`, `num_epochs=${o.epochs}`, `save_freq=${o.epochs}`, ...(o.model ? [`model=${resolve(o.model)}`] : [])];
+  // the model folder and the settings are checked before anything is written or the GPU starts;
+  // the reward layers are the model's default (rl/model_defaults.ts)
+  const { cfg, modelDir } = await loadRunConfig(undefined, settings, "demo");
   if (!existsSync(manifest)) await synthDataset(data, { n: o.samples, seed: 5, size: 32 });
   say(`synthetic dataset: ${o.samples} edits (insert / remove / replace / transform) in ${data}`);
 
-  const settings = [...DEMO_SETTINGS, `data=${manifest}`, `num_epochs=${o.epochs}`, `save_freq=${o.epochs}`, ...(o.model ? [`model=${resolve(o.model)}`] : [])];
-  const cfg = loadConfig(undefined, settings, "demo");
   await initGpu();
-  const modelDir = o.model ? resolve(o.model) : await defaultModelDir();
   const clipDir = defaultTinyClipDir();
   const models = loadIP2P(modelDir);
   const layers = rewardLayers(models, cfg);

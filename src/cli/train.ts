@@ -4,7 +4,7 @@ import { existsSync, readFileSync, rmSync } from "node:fs";
 import { basename, join } from "node:path";
 import { initGpu } from "../gpu/device.ts";
 import { UserError } from "../errors.ts";
-import { type Config, checkResumable, configFromJSON, loadConfig, saveConfig } from "../rl/config.ts";
+import { type Config, checkResumable, configFromJSON, saveConfig } from "../rl/config.ts";
 import { ensureRunDir, type EpochMetrics, Trainer } from "../rl/trainer.ts";
 import { chooseCheckpoint, recoverInterruptedWrites, type ResumePoint, setAside } from "../rl/checkpoint_check.ts";
 import { lockRunDir } from "../io/run_lock.ts";
@@ -15,6 +15,7 @@ import { loadIP2P } from "../diffusion/pipeline.ts";
 import { writeReport } from "../eval/report.ts";
 import { progressBar, type Progress } from "./progress.ts";
 import { action } from "./run.ts";
+import { loadRunConfig, trainDefaultsHelp } from "./run_config.ts";
 
 export interface TrainOptions {
   config?: string;
@@ -37,7 +38,7 @@ export async function datasetFor(cfg: Config, runDir: string): Promise<string> {
 }
 
 export async function train(o: TrainOptions): Promise<EpochMetrics[]> {
-  const cfg = loadConfig(o.config, o.set ?? [], "--set");
+  const { cfg } = await loadRunConfig(o.config, o.set ?? [], "--set"); // the model folder checked, its defaults applied
   if (cfg.mixed_precision === "bf16") throw new UserError("mixed_precision: bf16 has no WebGPU type; use \"fp16\" or \"no\"");
   if (!cfg.use_lora) throw new UserError("use_lora: full fine-tuning is not supported; LoRA (use_lora true) only");
   const runDir = o.out;
@@ -125,6 +126,7 @@ export function register(program: Command): void {
   program
     .command("train")
     .description("InstructRL4Pix training: PPO on the denoising chain with LoRA, attention-map reward; resumes from RUN_DIR's latest checkpoint")
+    .addHelpText("after", trainDefaultsHelp())
     .option("--config <file>", "JSON config (keys of the paper's Table 4; see configs/)")
     .requiredOption("--out <run-dir>", "run folder: config, metrics.jsonl, samples, checkpoints, report.html")
     .option("--set <key=value...>", "override config keys, e.g. --set train.learning_rate=1e-4 sample.num_steps=20")

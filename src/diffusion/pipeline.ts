@@ -51,7 +51,7 @@ export function loadIP2P(dir: string, opts: LoadModelOptions = {}): IP2PModels {
 }
 
 /** The variant for a component when its files exist, else the plain weights (as diffusers falls back). */
-function variantIfPresent(componentDir: string, variant?: string): string | undefined {
+export function variantIfPresent(componentDir: string, variant?: string): string | undefined {
   if (!variant) return undefined;
   try {
     resolveWeightFiles(componentDir, { variant });

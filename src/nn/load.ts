@@ -20,38 +20,45 @@ export interface LoadOptions {
   ignore?: readonly string[];
 }
 
-/** Load every parameter of `module` from `files` (shards of one state dict). Throws UserError on any mismatch. */
-export function loadWeights(module: Module, files: readonly string[], opts: LoadOptions = {}): void {
+/**
+ * Where each parameter of `module` is in `files` (shards of one state dict), after the strict
+ * key-and-shape check; reads only the files' headers, so it runs without a GPU (a command checks its
+ * model folder with it before starting the device). Throws UserError on any mismatch.
+ */
+export function matchWeights(module: Module, files: readonly string[], opts: Pick<LoadOptions, "ignore"> = {}): Map<string, { file: SafetensorsFile; name: string }> {
   const ignore = new Set(opts.ignore ?? []);
   const where = new Map<string, { file: SafetensorsFile; name: string }>();
   const found = new Map<string, readonly number[]>();
-  const label = files.join(", ");
-  {
-    for (const path of files) {
-      const f = openSafetensors(path);
-      for (const [current, original] of remapLegacyAttentionKeys(f.names(), path)) {
-        if (ignore.has(current)) continue;
-        if (where.has(current)) throw new UserError(`${path}: tensor '${current}' also appears in another shard`);
-        where.set(current, { file: f, name: original });
-        found.set(current, f.info(original).shape);
-      }
+  for (const path of files) {
+    const f = openSafetensors(path);
+    for (const [current, original] of remapLegacyAttentionKeys(f.names(), path)) {
+      if (ignore.has(current)) continue;
+      if (where.has(current)) throw new UserError(`${path}: tensor '${current}' also appears in another shard`);
+      where.set(current, { file: f, name: original });
+      found.set(current, f.info(original).shape);
     }
-    const params = module.namedParameters();
-    const expected = new Map<string, readonly number[]>(params.map(([k, p]) => [k, p.shape]));
-    strictMatch(expected, found, label);
-    const f16ok = Boolean(opts.keepF16) && gpu().hasF16;
-    for (const [key, p] of params) {
-      const src = where.get(key)!;
-      const info = src.file.info(src.name);
-      p.tensor?.dispose();
-      const matrix = p.role === "matmul" || p.role === "conv";
-      if (f16ok && info.dtype === "F16" && matrix) {
-        p.tensor = Tensor.from(src.file.readTensor(src.name) as Uint16Array, p.shape, "f16", key).keep();
-      } else if (opts.castF16 && gpu().hasF16 && matrix) {
-        p.tensor = Tensor.from(f32ArrayToF16(src.file.toF32(src.name)), p.shape, "f16", key).keep();
-      } else {
-        p.tensor = Tensor.from(src.file.toF32(src.name), p.shape, "f32", key).keep();
-      }
+  }
+  const expected = new Map<string, readonly number[]>(module.namedParameters().map(([k, p]) => [k, p.shape]));
+  strictMatch(expected, found, files.join(", "));
+  return where;
+}
+
+/** Load every parameter of `module` from `files` (shards of one state dict). Throws UserError on any mismatch. */
+export function loadWeights(module: Module, files: readonly string[], opts: LoadOptions = {}): void {
+  const where = matchWeights(module, files, opts);
+  const params = module.namedParameters();
+  const f16ok = Boolean(opts.keepF16) && gpu().hasF16;
+  for (const [key, p] of params) {
+    const src = where.get(key)!;
+    const info = src.file.info(src.name);
+    p.tensor?.dispose();
+    const matrix = p.role === "matmul" || p.role === "conv";
+    if (f16ok && info.dtype === "F16" && matrix) {
+      p.tensor = Tensor.from(src.file.readTensor(src.name) as Uint16Array, p.shape, "f16", key).keep();
+    } else if (opts.castF16 && gpu().hasF16 && matrix) {
+      p.tensor = Tensor.from(f32ArrayToF16(src.file.toF32(src.name)), p.shape, "f16", key).keep();
+    } else {
+      p.tensor = Tensor.from(src.file.toF32(src.name), p.shape, "f32", key).keep();
     }
   }
 }

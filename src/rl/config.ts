@@ -415,12 +415,14 @@ export function configFromJSON(json: unknown, source = "config"): Config {
 }
 
 /**
- * The configuration: defaults, overlaid with `file` (JSON; keys it omits keep their defaults), then
- * with `overrides` (`key=value` strings from the command line). Validated once at the end, so an
- * override may repair a file's cross-key conflict. Problems are UserErrors naming the file or flag.
+ * The configuration: defaults, overlaid with `modelDefaults` (`key=value` strings: the defaults that
+ * depend on the model, rl/model_defaults.ts), then with `file` (JSON; keys it omits keep their
+ * defaults), then with `overrides` (`key=value` strings from the command line). Validated once at the
+ * end, so an override may repair a file's cross-key conflict. Problems are UserErrors naming the file
+ * or flag.
  */
-export function loadConfig(file?: string, overrides: readonly string[] = [], flag = "command line"): Config {
-  let cfg = defaultConfig();
+export function loadConfig(file?: string, overrides: readonly string[] = [], flag = "command line", modelDefaults: readonly string[] = []): Config {
+  let cfg = applyOverridesUnchecked(defaultConfig(), modelDefaults, "the model's defaults");
   if (file) applyJson(cfg, readJsonFile(file), file);
   cfg = applyOverridesUnchecked(cfg, overrides, flag);
   const source = file ? (overrides.length ? `${file} with ${flag} overrides` : file) : flag;

@@ -87,7 +87,7 @@ function mapSideOf(latentSide: number, factor: number): number {
   return s;
 }
 
-export function rewardLayers(models: IP2PModels, cfg: Config): CrossAttentionLayer[] {
+export function rewardLayers(models: Pick<IP2PModels, "unet">, cfg: Config): CrossAttentionLayer[] {
   const spec = parseLayerSpec(cfg.reward.layers);
   const chosen = crossAttentionLayers(models.unet).filter((l) => selectsLayer(spec, l.path, l.factor));
   if (chosen.length === 0) {
