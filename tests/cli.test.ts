@@ -6,26 +6,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setDefaultTimeout } from "bun:test";
 import { TINY_IP2P } from "./goldens.ts";
+import { cliRunner, expectUserError } from "./cli_run.ts";
 
 setDefaultTimeout(120_000);
-const CLI = join(import.meta.dir, "..", "cli.ts");
 const work = mkdtempSync(join(tmpdir(), "rl4pix-cli-"));
-
-function run(...args: string[]): { code: number; out: string; err: string } {
-  return runEnv({}, ...args);
-}
-
-function runEnv(env: Record<string, string>, ...args: string[]): { code: number; out: string; err: string } {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8", env: { ...process.env, RL4PIX_CACHE_DIR: join(work, "cache"), ...env } });
-  return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
-}
-
-/** A user mistake: exit 2 and stderr is exactly one line, "rl4pix: …", naming what is wrong. */
-function userError(r: { code: number; err: string }, ...mustContain: string[]): void {
-  expect(r.code).toBe(2);
-  expect(r.err).toMatch(/^rl4pix: [^\n]+\n$/);
-  for (const s of mustContain) expect(r.err).toContain(s);
-}
+const { run, runEnv } = cliRunner(join(work, "cache"));
+const userError = expectUserError;
 
 const img = join(work, "in.png");
 

@@ -32,12 +32,13 @@ function checkOutputPath(flag: string, path: string): void {
   if (!existsSync(dir)) throw new UserError(`${flag}: folder ${dir} does not exist`);
 }
 
-function readLatents(path: string): Tensor {
+/** The `--latents` file's initial noise, read and checked on the host (before the GPU starts). */
+function readLatents(path: string): { data: Float32Array; shape: number[] } {
   const f = openSafetensors(path);
   if (!f.has("latents")) throw new UserError(`${path}: no tensor named 'latents'`);
   const shape = f.info("latents").shape;
   if (shape.length !== 4 || shape[0] !== 1) throw new UserError(`${path}: 'latents' has shape [${shape.join(",")}], expected [1,4,h,w]`);
-  return Tensor.from(f.toF32("latents"), shape, "f32", "latents");
+  return { data: f.toF32("latents"), shape };
 }
 
 export async function editCommand(image: string, instruction: string, o: EditFlags): Promise<void> {
@@ -47,8 +48,9 @@ export async function editCommand(image: string, instruction: string, o: EditFla
   if (o.attentionMap) checkOutputPath("--attention-map", o.attentionMap);
   if (o.saveTrajectory && o.eta === 0) console.error("rl4pix: note: --eta 0 gives no log-probs in the trajectory (deterministic DDIM)");
   const input = await readImage(image);
-  const models = await loadModelsFromFlags(o);
-  const latents = o.latents ? readLatents(o.latents).keep() : undefined;
+  const noise = o.latents ? readLatents(o.latents) : null;
+  const models = await loadModelsFromFlags(o); // checks the model flags, then starts the GPU
+  const latents = noise ? Tensor.from(noise.data, noise.shape, "f32", "latents").keep() : undefined;
   const bar = progressBar("edit", o.steps);
   const r = await editImage(models, input, instruction, {
     steps: o.steps,

@@ -10,7 +10,8 @@ import { loadClip, loadClipConfigs } from "../nn/clip_model.ts";
 import { defaultTinyClipDir } from "../models/tiny_clip.ts";
 import { runEval, type TurnsOption } from "../eval/runner.ts";
 import { formatTable } from "../eval/table.ts";
-import { addModelFlags, loadModelsFromFlags, modelDir, type ModelFlags } from "./model_args.ts";
+import { addModelFlags, checkModelFlags, loadModelsFromFlags, type ModelFlags } from "./model_args.ts";
+import { nativeResolution } from "../diffusion/model_folder.ts";
 import { progressBar } from "./progress.ts";
 import { action, num } from "./run.ts";
 
@@ -39,7 +40,10 @@ export async function evalCommand(o: EvalFlags): Promise<void> {
   // Check the CLIP folder before any editing (a wrong folder should not fail after hours of work).
   const clipDir = o.clip ? clipDirFromFlag(o.clip) : null;
   if (clipDir) loadClipConfigs(clipDir);
-  const model = await modelDir(o);
+  const checked = await checkModelFlags(o); // a broken --model or --lora fails here, before the GPU starts
+  const model = checked.dir;
+  // by default every input is scaled to the model's native size (not edited at its own size)
+  const resolution = o.resolution ?? nativeResolution(checked.model.config) ?? undefined;
   const run = await runEval({
     data: o.data,
     out: o.out,
@@ -49,8 +53,8 @@ export async function evalCommand(o: EvalFlags): Promise<void> {
     textGuidance: o.textGuidance,
     imageGuidance: o.imageGuidance,
     seed: o.seed,
-    resolution: o.resolution,
-    models: () => loadModelsFromFlags(o),
+    resolution,
+    models: () => loadModelsFromFlags(o, checked),
     clip: clipDir
       ? async () => {
         await initGpu();
@@ -72,7 +76,7 @@ export async function evalCommand(o: EvalFlags): Promise<void> {
     `s_T ${o.textGuidance}`,
     `s_I ${o.imageGuidance}`,
     `seed ${o.seed}`,
-    o.resolution ? `resolution ${o.resolution}` : "native resolution",
+    resolution === undefined ? "each input at its own size" : `resolution ${resolution}${o.resolution ? "" : " (the model's native size)"}`,
     `CLIP ${s.clip ?? "none"}`,
   ];
   console.log(`MagicBrush evaluation: ${parts.join(" · ")}`);
@@ -99,6 +103,6 @@ export function register(program: Command): void {
     .option("--text-guidance <s>", "text guidance scale s_T", num("--text-guidance"), 7.5)
     .option("--image-guidance <s>", "image guidance scale s_I", num("--image-guidance"), 1.5)
     .option("--seed <n>", "random seed (the same for every edit)", num("--seed", 0, 2 ** 32 - 1, true), 0)
-    .option("--resolution <px>", "scale each input's longer side to this many pixels first", num("--resolution", 8, 4096, true))
+    .option("--resolution <px>", "scale each input's longer side to this many pixels first (default: the model's native size, UNet sample_size x VAE factor: 512 for SD-1.5)", num("--resolution", 8, 4096, true))
     .action(action(async (o: EvalFlags) => await evalCommand(o)));
 }

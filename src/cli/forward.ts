@@ -5,7 +5,6 @@ import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { initGpu } from "../gpu/device.ts";
 import { openSafetensors, type SafetensorsFile, writeSafetensors, type TensorToWrite } from "../io/safetensors.ts";
-import { readLoraFile } from "../io/lora_format.ts";
 import { loadPipelineConfig, resolveWeightFiles } from "../io/diffusers.ts";
 import { readImage } from "../io/image.ts";
 import { UserError } from "../errors.ts";
@@ -22,7 +21,7 @@ import { crossAttentionLayers } from "../diffusion/attention_store.ts";
 import { encodeImages, encodePrompts, guidedConditioning } from "../diffusion/pipeline.ts";
 import { scoreChain } from "../diffusion/score.ts";
 import { imageToTensor } from "../diffusion/images.ts";
-import { addModelFlags, loadModelsFromFlags, modelDir, type ModelFlags } from "./model_args.ts";
+import { addModelFlags, checkModelFlags, loadModelsFromFlags, type ModelFlags } from "./model_args.ts";
 import { action, num } from "./run.ts";
 
 const COMPONENTS = ["text-encoder", "vae-encode", "vae-decode", "unet", "ddim-step"] as const;
@@ -57,12 +56,16 @@ async function forwardCommand(component: string, o: ForwardFlags): Promise<void>
   if (!(COMPONENTS as readonly string[]).includes(component)) throw new UserError(`forward: unknown component '${component}' (${COMPONENTS.join(", ")})`);
   if (!existsSync(dirname(o.out))) throw new UserError(`--out: folder ${dirname(o.out)} does not exist`);
   const inputs = openSafetensors(o.inputs);
+  const c = component as Component;
+  // every file and flag is checked before the GPU starts
+  if (o.gradOutput && !o.lora) throw new UserError("--grad-output needs --lora (gradients are taken with respect to the LoRA weights)");
+  const checked = c === "ddim-step" ? null : await checkModelFlags(o);
+  const schedulerConfig = c === "ddim-step" && o.model ? loadPipelineConfig(o.model).scheduler : undefined;
+  const gradFile = o.gradOutput ? openSafetensors(o.gradOutput) : null;
   await initGpu();
   const result = new Map<string, TensorToWrite>();
-  const c = component as Component;
   if (c === "ddim-step") {
-    const cfg = o.model ? loadPipelineConfig(o.model).scheduler : undefined;
-    const s = new DDIMScheduler(cfg);
+    const s = new DDIMScheduler(schedulerConfig);
     s.setTimesteps(o.steps);
     const eps = need(inputs, "model_output", 4);
     const x = need(inputs, "sample", 4);
@@ -79,8 +82,8 @@ async function forwardCommand(component: string, o: ForwardFlags): Promise<void>
     result.set("std_dev_t", { dtype: "F32", shape: [ts.length], data: Float32Array.from(r.coefficients.map((k) => k.std)) });
     if (r.logProb) result.set("log_prob", await out(r.logProb));
   } else {
-    const dir = await modelDir(o);
-    const cfg = loadPipelineConfig(dir);
+    const dir = checked!.dir;
+    const cfg = checked!.model.config;
     if (c === "text-encoder") {
       const te = new CLIPTextModel(cfg.textEncoder);
       loadWeights(te, resolveWeightFiles(join(dir, "text_encoder")), { ignore: CLIPTextModel.IGNORED_KEYS });
@@ -101,9 +104,8 @@ async function forwardCommand(component: string, o: ForwardFlags): Promise<void>
     } else {
       const unet = new UNet2DConditionModel(cfg.unet);
       loadWeights(unet, resolveWeightFiles(join(dir, "unet"), { variant: o.variant }), { keepF16: o.variant === "fp16" });
-      const lora = o.lora ? readLoraFile(o.lora) : null;
+      const lora = checked!.lora;
       if (lora) attachLoraLayers(unet, lora.layers, o.lora!, Boolean(o.gradOutput));
-      if (o.gradOutput && !lora) throw new UserError("--grad-output needs --lora (gradients are taken with respect to the LoRA weights)");
       const sample = need(inputs, "sample", 4);
       const tsRaw = ints(inputs, "timestep");
       const ts = tsRaw.length === 1 ? new Array(sample.shape[0]).fill(tsRaw[0]) : tsRaw;
@@ -127,7 +129,7 @@ async function forwardCommand(component: string, o: ForwardFlags): Promise<void>
       result.set("noise_pred", await out(pred));
       for (const [path, t] of maps) result.set(`attn2.${path}`, await out(t));
       if (o.gradOutput && lora) {
-        const gf = openSafetensors(o.gradOutput);
+        const gf = gradFile!;
         const g = need(gf, "grad_output");
         if (g.shape.join(",") !== pred.shape.join(",")) throw new UserError(`${o.gradOutput}: 'grad_output' is [${g.shape.join(",")}], noise_pred is [${pred.shape.join(",")}]`);
         backward(pred, g);

@@ -319,6 +319,10 @@ let current: Gpu | null = null;
 let pending: Promise<Gpu> | null = null;
 
 async function create(opts: GpuOptions): Promise<Gpu> {
+  // RL4PIX_NO_GPU=1: refuse to start a device, so a command shows whether it checks its inputs first.
+  if ((globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.RL4PIX_NO_GPU === "1") {
+    throw new NoAdapterError("RL4PIX_NO_GPU=1: no GPU device is started (this command needs one)");
+  }
   const entry = webgpuEntry(opts.dawnFlags ?? []);
   if (!entry) throw new NoAdapterError("this runtime has no WebGPU (navigator.gpu is missing)");
   // Dawn prints two irrelevant limit warnings to fd 2 inside this call (see native_stderr.ts).

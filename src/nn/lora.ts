@@ -38,8 +38,11 @@ export function initLora(unet: UNet2DConditionModel, rank: number, seed: number,
   }
 }
 
-/** Attach adapters read from a file; every layer must name an existing target with matching sizes. */
-export function attachLoraLayers(unet: UNet2DConditionModel, layers: ReadonlyMap<string, LoraLayer>, source: string, trainable = false): void {
+/**
+ * Check that every layer names an existing target with matching sizes (host only: commands run it
+ * before the GPU starts). Throws a UserError naming `source`.
+ */
+export function checkLoraLayers(unet: UNet2DConditionModel, layers: ReadonlyMap<string, LoraLayer>, source: string): void {
   const targets = loraTargets(unet);
   for (const [path, l] of layers) {
     const lin = targets.get(path);
@@ -47,6 +50,15 @@ export function attachLoraLayers(unet: UNet2DConditionModel, layers: ReadonlyMap
     if (l.inFeatures !== lin.inFeatures || l.outFeatures !== lin.outFeatures) {
       throw new UserError(`${source}: LoRA layer '${path}' is ${l.outFeatures}x${l.inFeatures}, the UNet's projection is ${lin.outFeatures}x${lin.inFeatures}`);
     }
+  }
+}
+
+/** Attach adapters read from a file; every layer must name an existing target with matching sizes. */
+export function attachLoraLayers(unet: UNet2DConditionModel, layers: ReadonlyMap<string, LoraLayer>, source: string, trainable = false): void {
+  checkLoraLayers(unet, layers, source);
+  const targets = loraTargets(unet);
+  for (const [path, l] of layers) {
+    const lin = targets.get(path)!;
     lin.lora?.down.dispose();
     lin.lora?.up.dispose();
     lin.lora = {
