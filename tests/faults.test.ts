@@ -6,7 +6,7 @@
 // resume must end where the uninterrupted run ends.
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { type ChildProcess, spawn } from "node:child_process";
-import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import { chmodSync, cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -76,7 +76,7 @@ async function train(runDir: string, opts: { set?: string[]; fault?: string; arg
 function userError(r: Result): string {
   expect(r.code).toBe(2);
   expect(r.err).not.toContain("    at ");
-  const lines = r.err.trim().split("\n").filter((l) => l.startsWith("rl4pix:"));
+  const lines = r.err.trim().split("\n").filter((l) => l.startsWith("rl4pix:") && !l.startsWith("rl4pix: resuming "));
   expect(lines.length).toBe(1);
   return lines[0];
 }
@@ -184,6 +184,24 @@ describe("kill -9 and write failures during a checkpoint", () => {
       }
     });
   }
+});
+
+// Only where chmod bites (not as root): the real thing behind the injected EACCES above.
+test.skipIf(process.getuid?.() === 0)("a checkpoints folder made read-only: one line, exit 2, the newest checkpoint intact", async () => {
+  const run = join(work, "read-only");
+  cpSync(reference, run, { recursive: true });
+  chmodSync(join(run, "checkpoints"), 0o555);
+  try {
+    const r = await train(run, { set: ["num_epochs=4"] });
+    const line = userError(r);
+    expect(line).toContain(`${ckptDir(run, 3)}: could not write the checkpoint: permission denied`);
+    expect(line).toContain(`the previous checkpoint (${ckptDir(run, 2)}) is intact`);
+  } finally {
+    chmodSync(join(run, "checkpoints"), 0o755);
+  }
+  expect(epochsOf(run)).toEqual([0, 1, 2]);
+  expectSameCheckpoint(run, 2);
+  expect(leftovers(run)).toEqual([]);
 });
 
 describe("one process per run folder", () => {
