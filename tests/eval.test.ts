@@ -149,6 +149,35 @@ describe("eval runner", () => {
         expect(Math.abs(r["CLIP-T"]! - ct)).toBeLessThan(1e-9);
       }
     }
+    // The attention cosine of each output: its own edit's map (recomputed here) against its mask,
+    // resized to the edited image and area-averaged by hand, and a constant map's cosine.
+    const byId = new Map(p.lines.map((l, i) => [["a", "b", "c"][i], l]));
+    for (const r of per.filter((x) => x.setting === "single-turn")) {
+      const line = byId.get(r.id)!;
+      const input = await readImage(r.id === "b" ? join(root, "synth", p.lines[0].target) : join(root, "synth", line.source));
+      const e = await editImage(p.models, input, r.instruction, { steps: STEPS, guidance: { text: 7.5, image: 1.5 }, eta: 0, seed: SEED, attentionLayers: "auto" });
+      const att = e.attention!;
+      const maskImg = await readImage(join(root, "synth", line.mask));
+      const f = e.image.width / att.width; // the synthetic masks are at the edited size
+      const gtMap = new Float64Array(att.width * att.height);
+      for (let y = 0; y < maskImg.height; y++) for (let x = 0; x < maskImg.width; x++) {
+        if (maskImg.data[y * maskImg.width + x] > 0.5) gtMap[Math.floor(y / f) * att.width + Math.floor(x / f)] += 1 / (f * f);
+      }
+      const cos = (a: ArrayLike<number>, b: ArrayLike<number>) => {
+        let ab = 0, aa = 0, bb = 0;
+        for (let i = 0; i < a.length; i++) (ab += a[i] * b[i]), (aa += a[i] * a[i]), (bb += b[i] * b[i]);
+        return ab / Math.sqrt(aa * bb);
+      };
+      expect(r.attention_cos!).toBeCloseTo(cos(att.map, gtMap), 6);
+      expect(r.attention_cos_uniform!).toBeCloseTo(cos(new Float64Array(gtMap.length).fill(1), gtMap), 9);
+      expect(existsSync(join(OUT, `${r.output}.attention.json`))).toBe(true);
+    }
+    for (const row of json.table) {
+      const rs = per.filter((r) => r.setting === row.setting);
+      expect(row.attention_n).toBe(rs.length);
+      expect(row.attention_cos).toBeCloseTo(rs.reduce((a, r) => a + r.attention_cos!, 0) / rs.length, 12);
+    }
+
     // Row means.
     for (const row of json.table) {
       const rs = per.filter((r) => r.setting === row.setting);
@@ -233,8 +262,8 @@ describe("eval runner", () => {
     }
     expect(text).toMatch(/3 samples \(2 sessions\)/);
     expect(text).toMatch(/0 edited, 4 reused/);
-    expect(text).toMatch(/Setting\s+L1↓\s+L2↓\s+CLIP-T↑\s+SSIM↑\s+PSNR↑\s+CLIP-I↑\s+n/);
-    expect(text).toMatch(/single-turn(\s+\d\.\d{4}){2}\s+\d\.\d{4}\s+-?\d\.\d{4}\s+\d+\.\d{4}\s+-?\d\.\d{4}\s+3/);
+    expect(text).toMatch(/Setting\s+L1↓\s+L2↓\s+CLIP-T↑\s+SSIM↑\s+PSNR↑\s+CLIP-I↑\s+attn cos↑\s+uniform\s+n/);
+    expect(text).toMatch(/single-turn(\s+\d\.\d{4}){2}\s+\d\.\d{4}\s+-?\d\.\d{4}\s+\d+\.\d{4}\s+-?\d\.\d{4}(\s+\d\.\d{4}){2}\s+3/);
     expect(text).toMatch(/multi-turn .*\s2\n/);
     expect(text).toContain(join(OUT, "results.json"));
   });
@@ -245,6 +274,7 @@ describe("eval runner: table and errors", () => {
     const rec = (id: string, psnr: number | "Infinity"): SampleRecord => ({
       setting: "single-turn", id, img_id: id, turn: 1, turns: 1, instruction: "x", caption: null, output: "", target: "",
       L1: psnr === "Infinity" ? 0 : 0.1, L2: psnr === "Infinity" ? 0 : 0.01, PSNR: psnr, SSIM: 1, "CLIP-T": null, "CLIP-I": null,
+      attention_cos: null, attention_cos_uniform: null,
     });
     const row = summarise("single-turn", [rec("a", "Infinity"), rec("b", 20), rec("c", 30)]);
     expect(row.PSNR).toBe(25);

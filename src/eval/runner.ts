@@ -21,6 +21,13 @@
 // outputs (data, model, LoRA, steps, guidance, seed, resolution); running into a folder made with
 // other settings is refused rather than mixing outputs.
 //
+// Attention: every edit records the instruction's cross-attention map (SPEC §5, layers "auto" as
+// `edit --attention-map`: latent/4 when the UNet has it, else its coarsest attn2 resolution) into
+// <output>.attention.json beside the PNG. Where the sample has a mask, `attention_cos` is
+// cos(a_pred, a_gt) (a_gt: the mask resized to the edited image, area-averaged to the map) and
+// `attention_cos_uniform` the same for a constant map: the paper's reward term next to its
+// no-grounding baseline. Outputs reused from an older run without the file score null there.
+//
 // Scores, per pair, from the PNG files as written (8-bit, like MagicBrush reads them): L1, L2 (MSE),
 // PSNR, SSIM after resizing the output to the ground truth's size (pairMetrics), CLIP-T against the
 // target's local caption and CLIP-I against the ground truth when a CLIP model is given. Averages
@@ -33,12 +40,14 @@ import { UserError } from "../errors.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
 import { readJsonFile } from "../io/config_reader.ts";
 import { readImage, writePng, type PlanarImage, type RgbImage } from "../io/image.ts";
-import { loadImage, openDataset, type EditSample } from "../io/datasets/index.ts";
+import { loadImage, loadMask, openDataset, type EditSample } from "../io/datasets/index.ts";
 import { editImage } from "../diffusion/edit.ts";
 import type { IP2PModels } from "../diffusion/pipeline.ts";
 import type { ClipBundle } from "../nn/clip_model.ts";
 import { ClipScorer } from "./clip_score.ts";
 import { pairMetrics } from "./metrics.ts";
+import { areaAverage, resizeMaskTo } from "../io/mask.ts";
+import { cosineSimilarity } from "../rl/reward.ts";
 import { psnrJson, summarise, type SampleRecord, type SettingName, type TableRow } from "./table.ts";
 
 export type TurnsOption = "single" | "multi" | "both";
@@ -154,6 +163,31 @@ function samplerSettings(o: EvalOptions) {
   };
 }
 
+/** What an edit's attention file holds: a_pred [height * width] and the edited image's size. */
+interface StoredAttention {
+  width: number;
+  height: number;
+  image_width: number;
+  image_height: number;
+  layers: string[];
+  map: number[];
+}
+
+export function attentionFile(output: string): string {
+  return `${output}.attention.json`;
+}
+
+/** cos(a_pred, a_gt) and cos(uniform, a_gt) of one output, or null (no mask, or no attention file). */
+async function attentionScores(out: string, name: string, s: EditSample): Promise<{ cos: number; uniform: number } | null> {
+  const path = join(out, attentionFile(name));
+  if (!s.mask || !isFile(path)) return null;
+  const a = readJsonFile(path) as StoredAttention;
+  if (!Array.isArray(a.map) || a.map.length !== a.width * a.height) throw new UserError(`${path}: not an attention map (expected ${a.width}x${a.height} values)`);
+  const mask = await loadMask(s.mask);
+  const aGt = areaAverage(resizeMaskTo(mask, a.image_width, a.image_height), a.width, a.height).data;
+  return { cos: cosineSimilarity(a.map, aGt), uniform: cosineSimilarity(new Float32Array(aGt.length).fill(1), aGt) };
+}
+
 interface Planned {
   sample: EditSample;
   /** Output name per wanted setting. */
@@ -225,9 +259,13 @@ export async function runEval(o: EvalOptions): Promise<EvalRun> {
       eta: 0,
       seed: o.seed,
       resolution: o.resolution,
+      attentionLayers: "auto",
     });
     if (r.truncated) truncatedInstructions++;
     mkdirSync(dirname(join(o.out, name)), { recursive: true });
+    const att = r.attention!;
+    const attention: StoredAttention = { width: att.width, height: att.height, image_width: r.image.width, image_height: r.image.height, layers: att.layers, map: Array.from(att.map) };
+    writeFileAtomic(join(o.out, attentionFile(name)), JSON.stringify(attention) + "\n");
     await writePng(join(o.out, name), r.image);
   };
   const produce = async (name: string, input: () => Promise<RgbImage | PlanarImage>, instruction: string) => {
@@ -286,6 +324,8 @@ export async function runEval(o: EvalOptions): Promise<EvalRun> {
     const clipScores = scorer
       ? await scorer.score(chunk.map((it, j) => ({ generated: gen[j], target: gt[j], caption: it.p.sample.caption })))
       : null;
+    const attention: ({ cos: number; uniform: number } | null)[] = [];
+    for (const it of chunk) attention.push(await attentionScores(o.out, it.name, it.p.sample));
     chunk.forEach((it, j) => {
       const s = it.p.sample;
       const m = pairMetrics(gen[j], gt[j]);
@@ -307,6 +347,8 @@ export async function runEval(o: EvalOptions): Promise<EvalRun> {
         SSIM: m.ssim,
         "CLIP-T": c?.clipT ?? null,
         "CLIP-I": c?.clipI ?? null,
+        attention_cos: attention[j]?.cos ?? null,
+        attention_cos_uniform: attention[j]?.uniform ?? null,
       });
     });
   }

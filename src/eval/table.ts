@@ -32,6 +32,10 @@ export interface SampleRecord {
   SSIM: number;
   "CLIP-T": number | null;
   "CLIP-I": number | null;
+  /** cos(a_pred, a_gt), the paper's reward term; null without a mask or an attention file. */
+  attention_cos: number | null;
+  /** cos(constant map, a_gt): what a map with no grounding scores. */
+  attention_cos_uniform: number | null;
 }
 
 export interface TableRow {
@@ -42,6 +46,10 @@ export interface TableRow {
   SSIM: number | null;
   PSNR: number | null;
   "CLIP-I": number | null;
+  /** Means over the samples with an attention score (`attention_n`). */
+  attention_cos: number | null;
+  attention_cos_uniform: number | null;
+  attention_n: number;
   n: number;
   /** Pairs with infinite PSNR (identical images), left out of the PSNR mean. */
   PSNR_infinite: number;
@@ -75,6 +83,7 @@ export function summarise(setting: SettingName, records: readonly SampleRecord[]
   const finite = psnr.filter((v) => Number.isFinite(v));
   const clipT = rs.map((r) => r["CLIP-T"]).filter((v): v is number => v !== null);
   const clipI = rs.map((r) => r["CLIP-I"]).filter((v): v is number => v !== null);
+  const withAttention = rs.filter((r) => r.attention_cos != null && r.attention_cos_uniform != null);
   return {
     setting,
     L1: mean(rs.map((r) => r.L1)),
@@ -83,6 +92,9 @@ export function summarise(setting: SettingName, records: readonly SampleRecord[]
     SSIM: mean(rs.map((r) => r.SSIM)),
     PSNR: mean(finite),
     "CLIP-I": mean(clipI),
+    attention_cos: mean(withAttention.map((r) => r.attention_cos!)),
+    attention_cos_uniform: mean(withAttention.map((r) => r.attention_cos_uniform!)),
+    attention_n: withAttention.length,
     n: rs.length,
     PSNR_infinite: psnr.length - finite.length,
     captioned: rs.filter((r) => r.caption !== null).length,
@@ -96,6 +108,8 @@ const COLUMNS: [keyof TableRow, string][] = [
   ["SSIM", "SSIM↑"],
   ["PSNR", "PSNR↑"],
   ["CLIP-I", "CLIP-I↑"],
+  ["attention_cos", "attn cos↑"],
+  ["attention_cos_uniform", "uniform"],
 ];
 
 function fmt(v: unknown): string {
@@ -112,6 +126,7 @@ export function formatTable(rows: readonly TableRow[]): string {
   const notes: string[] = [];
   for (const r of rows) {
     if (r.PSNR_infinite > 0) notes.push(`${r.setting}: ${r.PSNR_infinite} identical pair(s) (PSNR = ∞) left out of the PSNR mean`);
+    if (r.attention_cos !== null && r.attention_n < r.n) notes.push(`${r.setting}: attention cosine over the ${r.attention_n} of ${r.n} samples with a mask and an attention map`);
     if (r["CLIP-T"] !== null && r.captioned < r.n) notes.push(`${r.setting}: CLIP-T over the ${r.captioned} of ${r.n} samples with a caption`);
   }
   return [...out, ...notes.map((n) => `note: ${n}`)].join("\n");
