@@ -21,9 +21,11 @@ export {
   type Trajectory,
 } from "./src/diffusion/pipeline.ts";
 export { editImage, writeTrajectory, type EditOptions, type EditResult } from "./src/diffusion/edit.ts";
+export { checkModelFolder, nativeResolution, type CheckedModel } from "./src/diffusion/model_folder.ts";
 export { scoreChain, stepLogProb } from "./src/diffusion/score.ts";
 export { AttentionMapRecorder, crossAttentionLayers, selectCrossAttentionLayers } from "./src/diffusion/attention_store.ts";
 export { loadConfig, defaultConfig, type Config } from "./src/rl/config.ts";
+export { defaultRewardLayers, modelConfigDefaults } from "./src/rl/model_defaults.ts";
 export { Trainer } from "./src/rl/trainer.ts";
 export { instructReward } from "./src/rl/reward.ts";
 export { PerPromptStatTracker } from "./src/rl/stat_tracker.ts";
