@@ -215,6 +215,13 @@ describe("synthDataset", () => {
     }
   });
 
+  test("grounded: the manifest holds the grounded generator's samples", async () => {
+    await synthDataset(join(tmp, "g"), { n: 4, seed: 9, size: 32, grounded: true });
+    const lines = readFileSync(join(tmp, "g", "manifest.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l));
+    expect(lines.map((l) => l.instruction)).toEqual([0, 1, 2, 3].map((i) => synthSample(9, i, { size: 32, grounded: true }).instruction));
+    expect(lines.map((l) => l.caption)).not.toEqual([0, 1, 2, 3].map((i) => synthSample(9, i, { size: 32 }).caption));
+  });
+
   test("bad options are user errors", async () => {
     await expect(synthDataset(join(tmp, "d"), { n: 0, seed: 1 })).rejects.toThrow(/positive integer/);
     await expect(synthDataset(join(tmp, "d"), { n: 1, seed: 1, size: 4 })).rejects.toThrow(/>= 16/);

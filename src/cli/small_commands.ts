@@ -30,8 +30,9 @@ export function register(program: Command): void {
     .requiredOption("--n <n>", "number of samples", num("--n", 1, 1e7, true))
     .option("--seed <n>", "seed", num("--seed", 0, 2 ** 31 - 1, true), 0)
     .option("--size <px>", "image size", num("--size", 16, 4096, true), 64)
-    .action(action(async (dir: string, o: { n: number; seed: number; size: number }) => {
-      console.log(await synthDataset(dir, { n: o.n, seed: o.seed, size: o.size }));
+    .option("--grounded", "2-3 shapes of distinct colours per scene; the instruction names the edited one (what pretrain trains on)")
+    .action(action(async (dir: string, o: { n: number; seed: number; size: number; grounded?: boolean }) => {
+      console.log(await synthDataset(dir, { n: o.n, seed: o.seed, size: o.size, grounded: o.grounded }));
     }));
 
   program

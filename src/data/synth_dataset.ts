@@ -15,6 +15,8 @@ export interface SynthDatasetOptions {
   seed: number;
   /** Image side in pixels (default 64). */
   size?: number;
+  /** Grounded scenes (synthSample's `grounded`: 2–3 shapes of distinct colours). */
+  grounded?: boolean;
   /** Called after each sample is written. */
   onProgress?: (done: number, total: number) => void;
 }
@@ -43,7 +45,7 @@ export async function synthDataset(dir: string, opts: SynthDatasetOptions): Prom
   }
   const lines: string[] = [];
   for (let i = 0; i < n; i++) {
-    const s = synthSample(seed, i, { size });
+    const s = synthSample(seed, i, { size, grounded: opts.grounded });
     const rel = (what: string) => `images/${s.id}-${what}.png`;
     const rgb = (pixels: Uint8Array) => ({ width: s.width, height: s.height, channels: 3, data: rgbToPlanar(pixels, s.width, s.height) });
     await writePng(join(dir, rel("source")), rgb(s.source));
