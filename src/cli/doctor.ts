@@ -1,5 +1,6 @@
-// `rl4pix doctor`: what runtime, adapter, features and limits we run on, the kernel tuning chosen for
-// this adapter, and a self-test of a few kernels against the CPU. `--require-gpu` (GPU CI) fails at
+// `rl4pix doctor`: what runtime, adapter, features and limits we run on (what the adapter offers, with
+// its subgroup-matrix configurations and the Dawn flags asked for, and what the device was given), the
+// kernel tuning chosen for this adapter, and a self-test of a few kernels against the CPU. `--require-gpu` (GPU CI) fails at
 // once, exit 2, when the adapter is a CPU rasteriser (lavapipe, llvmpipe, SwiftShader) instead of a GPU.
 import type { Command } from "commander";
 import { gpu, initGpu } from "../gpu/device.ts";
@@ -8,6 +9,7 @@ import { adapterClass, tuningChoices } from "../gpu/tuning.ts";
 import { selfTest } from "./kernel_check.ts";
 import { action } from "./run.ts";
 import { UserError } from "../errors.ts";
+import { adapterLines } from "../gpu/adapter_report.ts";
 
 function backendGuess(): string {
   if (runtimeName() === "deno") return "wgpu (Deno navigator.gpu)";
@@ -27,6 +29,9 @@ export async function doctor(json: boolean, requireGpu = false): Promise<number>
     backend: backendGuess(),
     adapter: g.info,
     adapterClass: adapterClass(g),
+    /** What the adapter offers and which Dawn flags were requested (RL4PIX_DAWN_FLAGS). */
+    adapterOffers: g.adapterReport,
+    /** Features the device was created with. */
     features: [...g.features].sort(),
     requestedLimits: g.requestedLimits,
     tuning: { ...tuningChoices },
@@ -41,7 +46,8 @@ export async function doctor(json: boolean, requireGpu = false): Promise<number>
     row("backend", report.backend);
     row("adapter", `${g.info.description || "?"} (vendor ${g.info.vendor || "?"}, architecture ${g.info.architecture || "?"}, device ${g.info.device || "?"}${g.info.isFallbackAdapter ? ", fallback/software" : ""})`);
     row("class", report.adapterClass === "cpu" ? "software rasteriser (CPU)" : "GPU");
-    row("features", report.features.join(" ") || "(none)");
+    for (const [k, v] of adapterLines(g.adapterReport)) row(k, v);
+    row("device", `features ${report.features.join(" ") || "(none)"}`);
     for (const [k, v] of Object.entries(report.requestedLimits)) row("limit", `${k} = ${v}`);
     for (const [k, v] of Object.entries(report.tuning)) row("tuning", `${k}: ${v}`);
     for (const c of checks) row("self-test", `${c.ok ? "ok  " : "FAIL"} ${c.name}: max abs error ${c.maxError.toExponential(2)} (${c.ms.toFixed(1)} ms)`);

@@ -4,7 +4,8 @@ import { BufferPool } from "./pool.ts";
 import { BufferUsage, MAP_MODE_READ } from "./constants.ts";
 import { KernelProfiler } from "./profiler.ts";
 import { type Defines, type Kernel, KernelCache } from "./kernels.ts";
-import { runtimeName, webgpuEntry } from "./runtime.ts";
+import { dawnFlagsInUse, runtimeName, webgpuEntry } from "./runtime.ts";
+import { type AdapterReport, WANTED_FEATURES, describeAdapter } from "./adapter_report.ts";
 import { quietly } from "./quiet_wait.ts";
 import { quietNativeStderr } from "./native_stderr.ts";
 
@@ -74,6 +75,8 @@ export class Gpu {
     readonly device: GPUDevice,
     readonly info: AdapterDescription,
     readonly requestedLimits: Record<string, number>,
+    /** What the adapter offers (features, limits, subgroup-matrix configurations) and the Dawn flags asked for. */
+    readonly adapterReport: AdapterReport,
   ) {
     this.features = new Set([...device.features] as string[]);
     const lim: Record<string, number> = {};
@@ -328,8 +331,9 @@ async function create(opts: GpuOptions): Promise<Gpu> {
   // Dawn prints two irrelevant limit warnings to fd 2 inside this call (see native_stderr.ts).
   const adapter = await quietNativeStderr(() => entry.requestAdapter({ powerPreference: opts.lowPower ? "low-power" : "high-performance" }));
   if (!adapter) throw new NoAdapterError("no WebGPU adapter found (install a Vulkan driver: see README, 'Set-up')");
-  const wanted = ["shader-f16", "subgroups", "timestamp-query"] as GPUFeatureName[];
-  const requiredFeatures = wanted.filter((f) => adapter.features.has(f));
+  // shader-f16, subgroups, timestamp-query and (with allow_unsafe_apis, on some GPUs) the
+  // subgroup-matrix tiles: each asked for when the adapter has it.
+  const requiredFeatures = WANTED_FEATURES.filter((f) => adapter.features.has(f)) as GPUFeatureName[];
   const al = adapter.limits as unknown as Record<string, number>;
   const requiredLimits: Record<string, number> = {};
   for (const k of [
@@ -359,7 +363,8 @@ async function create(opts: GpuOptions): Promise<Gpu> {
     description: ai.description ?? "",
     isFallbackAdapter: Boolean(ai.isFallbackAdapter),
   };
-  const g = new Gpu(entry, adapter, device, info, requiredLimits);
+  const report = describeAdapter(adapter as unknown as Parameters<typeof describeAdapter>[0], dawnFlagsInUse());
+  const g = new Gpu(entry, adapter, device, info, requiredLimits, report);
   // RL4PIX_PROFILE=1: time every dispatch of the whole command; printed when it exits (cli/run.ts).
   const env = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env;
   if (env?.RL4PIX_PROFILE === "1" && !g.startProfiling()) {

@@ -35,6 +35,13 @@ function loadDawn(): DawnModule {
 
 /** Module-lifetime strong reference: if the object from `create()` is collected, Bun segfaults. */
 let dawnGpu: GPU | null = null;
+/** The flags Dawn's instance was created with (ours, then RL4PIX_DAWN_FLAGS), for `doctor`. */
+let dawnFlagsUsed: string[] = [];
+
+/** Dawn flags (toggles) the WebGPU instance was created with; empty on Deno or before the first use. */
+export function dawnFlagsInUse(): string[] {
+  return [...dawnFlagsUsed];
+}
 
 /** The WebGPU entry point of this runtime, or null when the runtime has none. */
 export function webgpuEntry(flags: string[] = []): GPU | null {
@@ -48,6 +55,7 @@ export function webgpuEntry(flags: string[] = []): GPU | null {
   Object.assign(globalThis, dawn.globals);
   // RL4PIX_DAWN_FLAGS: extra Dawn options, space-separated (e.g. "enable-dawn-features=disable_robustness").
   const extra = process.env.RL4PIX_DAWN_FLAGS?.split(" ").filter(Boolean) ?? [];
-  dawnGpu = dawn.create([...flags, ...extra]);
+  dawnFlagsUsed = [...flags, ...extra];
+  dawnGpu = dawn.create(dawnFlagsUsed);
   return dawnGpu;
 }
