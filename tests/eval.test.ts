@@ -29,6 +29,8 @@ const root = mkdtempSync(join(tmpdir(), "rl4pix-eval-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 const STEPS = 2;
 const SEED = 7;
+/** The synthetic images' side; every edit runs at it (no resize: the independent edits below match exactly). */
+const SIZE = 32;
 
 interface Line {
   id: string;
@@ -43,7 +45,7 @@ let prepared: { manifest: string; lines: Line[]; modelDir: string; models: IP2PM
 async function setup() {
   if (prepared) return prepared;
   const synthDir = join(root, "synth");
-  const synthManifest = await synthDataset(synthDir, { n: 3, seed: 5, size: 32 });
+  const synthManifest = await synthDataset(synthDir, { n: 3, seed: 5, size: SIZE });
   const lines = readFileSync(synthManifest, "utf8").trim().split("\n").map((l) => JSON.parse(l) as Line);
   // s2's ground truth at another size (48x40): the output is resized to it before scoring.
   const t2 = await readImage(join(synthDir, lines[2].target));
@@ -73,6 +75,7 @@ async function options(out: string, extra: Partial<EvalOptions> = {}): Promise<E
     textGuidance: 7.5,
     imageGuidance: 1.5,
     seed: SEED,
+    resolution: SIZE, // the images' own size, as the command is told below (its default is the model's native size)
     models: p.models,
     clip: p.clip,
     labels: { model: resolvePath(p.modelDir), lora: null },
@@ -254,7 +257,7 @@ describe("eval runner", () => {
     let text = "";
     try {
       await evalCommand({
-        data: p.manifest, out: OUT, clip: p.clipDir, turns: "both", steps: STEPS, textGuidance: 7.5, imageGuidance: 1.5, seed: SEED,
+        data: p.manifest, out: OUT, clip: p.clipDir, turns: "both", steps: STEPS, textGuidance: 7.5, imageGuidance: 1.5, seed: SEED, resolution: SIZE,
       });
       text = log.mock.calls.map((c) => String(c[0])).join("\n");
     } finally {

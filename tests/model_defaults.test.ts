@@ -10,6 +10,7 @@ import { nativeResolution } from "../src/diffusion/model_folder.ts";
 import { defaultRewardLayers } from "../src/rl/model_defaults.ts";
 import { loadConfig } from "../src/rl/config.ts";
 import { rewardLayers } from "../src/rl/trainer.ts";
+import { resolveLayerSpec } from "../src/diffusion/edit.ts";
 import { writeFileSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -27,8 +28,8 @@ const SD15_BLOCKS = {
   sample_size: 64,
 };
 
-const layerBlocks = (u: UNet2DConditionModel, spec: string) =>
-  [...new Set(rewardLayers({ unet: u }, { reward: { layers: spec } } as Parameters<typeof rewardLayers>[1]).map((l) => l.path.split(".attentions")[0]))];
+const layerList = (u: UNet2DConditionModel, spec: string) => rewardLayers({ unet: u }, { reward: { layers: spec } } as Parameters<typeof rewardLayers>[1]);
+const layerBlocks = (u: UNet2DConditionModel, spec: string) => [...new Set(layerList(u, spec).map((l) => l.path.split(".attentions")[0]))];
 
 describe("default reward layers", () => {
   test("SD-1.5's UNet: res:4, i.e. down_blocks.2 and up_blocks.1 (SPEC §5)", () => {
@@ -66,6 +67,21 @@ describe("default reward layers", () => {
       up_block_types: ["UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"],
     });
     expect(defaultRewardLayers(coarse)).toBe("res:8");
+  });
+});
+
+describe("edit --attention-layers auto", () => {
+  test("takes the reward's default layers", () => {
+    const tie2 = unet({
+      block_out_channels: [32, 32, 32, 32],
+      layers_per_block: 1,
+      down_block_types: ["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+      up_block_types: ["UpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    });
+    // latent/2 and latent/8 (mid) are equally close to latent/4: the finer one, not the coarsest
+    const models = { unet: tie2 } as unknown as Parameters<typeof resolveLayerSpec>[0];
+    expect([...new Set(resolveLayerSpec(models, "auto").map((l) => l.path.split(".attentions")[0]))]).toEqual(["down_blocks.1", "up_blocks.2"]);
+    expect(resolveLayerSpec(models, "auto")).toEqual(layerList(tie2, defaultRewardLayers(tie2)));
   });
 });
 

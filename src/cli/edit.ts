@@ -101,6 +101,6 @@ export function register(program: Command): void {
     .option("--latents <file>", "safetensors with tensor 'latents' [1,4,h,w]: the initial noise")
     .option("--save-trajectory <file>", "write the sampled chain (latents, timesteps, log_probs) as safetensors")
     .option("--attention-map <png>", "write the instruction's cross-attention map over the input")
-    .option("--attention-layers <spec>", "layers for --attention-map: auto, res:N, down, mid, up, or module paths", "auto")
+    .option("--attention-layers <spec>", "layers for --attention-map: auto (latent/4 maps, else the closest size: as the reward's default), res:N, down, mid, up, or module paths", "auto")
     .action(action(async (image: string, instruction: string, o: EditFlags) => await editCommand(image, instruction, o)));
 }

@@ -32,6 +32,22 @@ export function crossAttentionLayers(unet: UNet2DConditionModel): CrossAttention
 }
 
 /**
+ * The latent/N of the default attention-map layers (SPEC §5: latent/4, SD-1.5's down_blocks.2 and
+ * up_blocks.1): 4 where the UNet has attn2 maps of that size, otherwise the size closest to latent/4
+ * in powers of two, and of two equally close the finer (a coarse map can shrink to a few pixels on a
+ * small model). The reward's default (rl/model_defaults.ts) and `--attention-layers auto`.
+ */
+export const DEFAULT_MAP_DIVISOR = 4;
+
+export function defaultLayerFactor(unet: UNet2DConditionModel): number {
+  const factors = [...new Set(crossAttentionLayers(unet).map((l) => l.factor))];
+  if (factors.length === 0) throw new UserError(`${unet.config.file}: this UNet has no cross-attention (attn2) layers, so it has no instruction attention map`);
+  const distance = (f: number) => Math.abs(Math.log2(f) - Math.log2(DEFAULT_MAP_DIVISOR));
+  factors.sort((a, b) => distance(a) - distance(b) || a - b);
+  return factors[0];
+}
+
+/**
  * Choose layers by a spec: "res:N" (maps latent/N per side), "down", "mid", "up", "all", or a comma
  * list mixing these and explicit module paths. Throws a UserError naming what exists when nothing matches.
  */

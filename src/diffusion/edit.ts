@@ -16,7 +16,7 @@ import {
   type Trajectory,
 } from "./pipeline.ts";
 import { editSize, imageToTensor, tensorToImage } from "./images.ts";
-import { AttentionMapRecorder, type CrossAttentionLayer, selectCrossAttentionLayers, crossAttentionLayers } from "./attention_store.ts";
+import { AttentionMapRecorder, type CrossAttentionLayer, selectCrossAttentionLayers, crossAttentionLayers, defaultLayerFactor } from "./attention_store.ts";
 
 export interface EditOptions {
   steps: number;
@@ -27,7 +27,7 @@ export interface EditOptions {
   resolution?: number;
   /** Initial noise [1, 4, h, w] (overrides the seed's draw). */
   latents?: Tensor;
-  /** Record the instruction's attention map with these layers ("auto": latent/4 if present, else the coarsest). */
+  /** Record the instruction's attention map with these layers ("auto": `defaultLayerFactor`'s, as the reward's default). */
   attentionLayers?: string;
   onStep?: (i: number, total: number) => void;
 }
@@ -42,12 +42,11 @@ export interface EditResult {
   latentShape: number[];
 }
 
-/** "auto" → latent/4 layers when the UNet has them, else the coarsest attn2 resolution. */
+/** "auto" → the default map layers (`defaultLayerFactor`: latent/4, else the closest size), as the reward's default. */
 export function resolveLayerSpec(models: IP2PModels, spec: string): CrossAttentionLayer[] {
   if (spec !== "auto") return selectCrossAttentionLayers(models.unet, spec);
-  const all = crossAttentionLayers(models.unet);
-  const target = all.some((l) => l.factor === 4) ? 4 : Math.max(...all.map((l) => l.factor));
-  return all.filter((l) => l.factor === target);
+  const target = defaultLayerFactor(models.unet);
+  return crossAttentionLayers(models.unet).filter((l) => l.factor === target);
 }
 
 export async function editImage(models: IP2PModels, input: RgbImage | PlanarImage, instruction: string, o: EditOptions, keepTrajectory = false): Promise<EditResult> {

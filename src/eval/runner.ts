@@ -22,7 +22,8 @@
 // other settings is refused rather than mixing outputs.
 //
 // Attention: every edit records the instruction's cross-attention map (SPEC §5, layers "auto" as
-// `edit --attention-map`: latent/4 when the UNet has it, else its coarsest attn2 resolution) into
+// `edit --attention-map` and the reward's default: latent/4 when the UNet has it, else the attn2
+// size closest to it, `defaultLayerFactor`) into
 // <output>.attention.json beside the PNG. Where the sample has a mask, `attention_cos` is
 // cos(a_pred, a_gt) (a_gt: the mask resized to the edited image, area-averaged to the map) and
 // `attention_cos_uniform` the same for a constant map: the paper's reward term next to its

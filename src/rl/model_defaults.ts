@@ -7,21 +7,13 @@
 //                  layers, those whose map is closest to latent/4 per side in powers of two; of two
 //                  equally close, the finer map (a coarse map can shrink to a few pixels on a small
 //                  model, too few to compare with a mask).
-import { UserError } from "../errors.ts";
-import { crossAttentionLayers } from "../diffusion/attention_store.ts";
+import { defaultLayerFactor } from "../diffusion/attention_store.ts";
 import { type CheckedModel, nativeResolution } from "../diffusion/model_folder.ts";
 import type { UNet2DConditionModel } from "../nn/unet.ts";
 
-/** SPEC §5: the reward's map is latent/4 per side by default. */
-export const REWARD_MAP_DIVISOR = 4;
-
-/** The default `reward.layers` of a UNet (see the file header). */
+/** The default `reward.layers` of a UNet (see the file header; the rule is `defaultLayerFactor`'s). */
 export function defaultRewardLayers(unet: UNet2DConditionModel): string {
-  const factors = [...new Set(crossAttentionLayers(unet).map((l) => l.factor))];
-  if (factors.length === 0) throw new UserError(`${unet.config.file}: this UNet has no cross-attention (attn2) layers; the attention reward needs them`);
-  const distance = (f: number) => Math.abs(Math.log2(f) - Math.log2(REWARD_MAP_DIVISOR));
-  factors.sort((a, b) => distance(a) - distance(b) || a - b);
-  return `res:${factors[0]}`;
+  return `res:${defaultLayerFactor(unet)}`;
 }
 
 /** The model's defaults as `key=value` settings (resolution only when the UNet config gives a usable size). */
