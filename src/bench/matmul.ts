@@ -9,6 +9,7 @@ import { matmulTuning, setMatmulTuning, tiledDepth, tiledPer, type MatmulTuning 
 import { adapterClass } from "../gpu/tuning.ts";
 import type { BenchRow } from "./types.ts";
 import { pseudoRandom, timeCalls, warmUpGpu } from "./timing.ts";
+import { type TorchResult, absentRow, matmulArgs, matmulScript, matmulTorchRows, runTorch } from "./torch_cuda.ts";
 
 export interface MatmulBenchOptions {
   /** [M, K, N] triples; defaults to DEFAULT_MATMUL_SHAPES. */
@@ -30,10 +31,26 @@ export const DEFAULT_MATMUL_SHAPES: [number, number, number][] = [
 ];
 
 /**
- * The adapter's own choice, and on real GPUs also each forced tile size (so `bench` shows whether the
- * automatic choice picks the faster one).
+ * PyTorch's rows for the same products on the same GPU (fp32 with TF32 off, fp16), each with the
+ * ratio of our time (`ours`: rows named "matmul") to torch's; one "absent" row when no python3 with
+ * torch sees a CUDA device. `run` is replaceable for tests.
  */
-export async function benchMatmulVariants(): Promise<BenchRow[]> {
+export function torchMatmulRows(
+  shapes: readonly [number, number, number][],
+  ours: readonly BenchRow[],
+  run: (script: string, arg: Record<string, unknown>) => TorchResult = runTorch,
+): BenchRow[] {
+  const r = run(matmulScript(), matmulArgs(shapes));
+  if (!r.ok) return [absentRow("matmul", r.absent)];
+  const mine = new Map(ours.filter((o) => o.name === "matmul").map((o) => [o.shape, o.ms]));
+  return matmulTorchRows(r.out, mine);
+}
+
+/**
+ * The adapter's own choice, and on real GPUs also each forced tile size (so `bench` shows whether the
+ * automatic choice picks the faster one); then PyTorch's rows on the same GPU unless `torch` is false.
+ */
+export async function benchMatmulVariants(torch = true): Promise<BenchRow[]> {
   const onGpu = adapterClass(gpu()) === "gpu";
   if (onGpu) {
     const a = Tensor.from(pseudoRandom(1024 * 1024, 1), [1024, 1024], "f32", "warm_a");
@@ -41,11 +58,13 @@ export async function benchMatmulVariants(): Promise<BenchRow[]> {
     a.dispose();
   }
   const rows = await benchMatmul();
+  const own = [...rows];
   if (onGpu) {
     for (const [per, depth] of [[4, 16], [4, 32], [8, 8], [8, 16]] as const) {
       rows.push(...(await benchMatmul({ tuning: { kind: "tiled", per, depth } })));
     }
   }
+  if (torch) rows.push(...torchMatmulRows(DEFAULT_MATMUL_SHAPES, own));
   return rows;
 }
 

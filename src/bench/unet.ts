@@ -1,7 +1,9 @@
 // `rl4pix bench unet`: one no-grad UNet forward of an SD-1.5-shaped InstructPix2Pix UNet (or the
 // embedded tiny model's) with random weights drawn on the GPU: median ms after a warm-up, the first
 // call's time (pipeline compilation happens at first dispatch on lavapipe), peak pool memory, and,
-// when /usr/bin/python3 has torch, a PyTorch CPU forward of the same network timed in the same run.
+// PyTorch forwards of the same network timed in the same run: on a CPU adapter the CPU one (when
+// /usr/bin/python3 has torch), and on any adapter the CUDA ones (fp32 with TF32 off, fp16, fp16 +
+// SDPA) when a python3 with torch sees a CUDA device, else one row saying they are absent.
 import { gpu } from "../gpu/device.ts";
 import { noGrad, scope } from "../tensor/index.ts";
 import type { BenchRow } from "./types.ts";
@@ -18,6 +20,8 @@ import {
   unetInputs,
 } from "./model.ts";
 import { torchUnetForward } from "./torch_reference.ts";
+import { absentRow, runTorch, unetArgs, unetScript, unetTorchRows } from "./torch_cuda.ts";
+import { adapterClass } from "../gpu/tuning.ts";
 
 export async function benchUnet(o: ModelBenchOptions = {}): Promise<BenchRow[]> {
   const s = modelShape(o);
@@ -40,8 +44,8 @@ export async function benchUnet(o: ModelBenchOptions = {}): Promise<BenchRow[]> 
       `first call ${t.firstMs.toFixed(0)} ms; runs ${t.all.map((v) => v.toFixed(0)).join("/")} ms; cpu ${t.cpuMs.toFixed(0)} ms/call (${t.cores.toFixed(2)} cores busy); ${load0}`,
   }];
   if (o.profile) console.error(formatProfile(await profileModel(run)));
-  if (o.torch !== false) {
-    const tr = torchUnetForward(s.unet, s.latent, s.batch, s.name === "tiny" ? 9 : 3);
+  if (o.torch !== false && adapterClass(g) === "cpu") {
+    const tr = torchUnetForward(s.unet, s.latent, s.batch, reps);
     if (tr) {
       rows.push({
         name: "unet forward (PyTorch CPU)",
@@ -57,5 +61,10 @@ export async function benchUnet(o: ModelBenchOptions = {}): Promise<BenchRow[]> 
   unet.disposeParameters();
   await g.sync();
   g.pool.trim();
+  if (o.torch !== false) {
+    // After ours is freed: torch shares the GPU's memory.
+    const r = runTorch(unetScript(), unetArgs(s.unet, s.latent, s.batch, s.tokens, Math.max(3, reps)));
+    rows.push(...(r.ok ? unetTorchRows(r.out, describeShape({ ...s, f16: false }), t.ms) : [absentRow("unet forward", r.absent)]));
+  }
   return rows;
 }

@@ -20,7 +20,7 @@ type Suite = (opts: ModelBenchOptions) => Promise<BenchRow[]>;
 
 /** Kernel suites by name; model-level suites (unet, train-step) register themselves here too. */
 export const SUITES: Record<string, Suite> = {
-  matmul: () => benchMatmulVariants(),
+  matmul: (o) => benchMatmulVariants(o.torch !== false),
   attention: () => benchAttention(),
   groupnorm: () => benchGroupNorm(),
   elementwise: benchElementwise,
@@ -94,7 +94,7 @@ export function register(program: Command): void {
     .option("--checkpointing <mode>", "train-step: gradient checkpointing on, off or both", "both")
     .option("--reps <n>", "unet/train-step: timed repetitions (median reported)")
     .option("--profile", "unet/train-step: print the per-kernel GPU time of one more call")
-    .option("--no-torch", "unet: skip the PyTorch CPU reference")
+    .option("--no-torch", "unet, matmul: skip the PyTorch references (CPU for unet on a CPU adapter; CUDA on the same GPU)")
     .action(action(async (what: string[], opts: { json?: boolean }) => {
       await runBench(what, Boolean(opts.json), opts);
     }));
