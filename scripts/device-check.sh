@@ -4,9 +4,11 @@
 # SD-1.5 UNet and train step at 512 px), then a few tiny-model training runs side by side.
 # Everything lands in OUTDIR/all.tgz; a summary goes to stdout.
 #
-# Prepare on the development machine (x86-64), in the repo root, with .gl and .devrun listed in
-# .git/info/exclude:
-#   .gl/      libvulkan1's .deb (apt-get download libvulkan1)
+# Prepare on the development machine (x86-64), in the repo root: bash scripts/device-prepare.sh, which
+# fills (and lists in .git/info/exclude)
+#   .gl/      the .debs of the Vulkan loader and the glvnd libraries the NVIDIA ICD loads (libvulkan1
+#             libglvnd0 libegl1 libgl1 libglx0 libopengl0 libgles2; apt-get download from that
+#             machine's own apt sources)
 #   .devrun/  bun.xz (xz of node_modules/bun/bin/bun.exe) and nm.tar.xz (node_modules without bun,
 #             deno, typescript and the other platforms' Dawn builds)
 # and carry both. Usage there: bash scripts/device-check.sh "$OUT"
@@ -22,6 +24,9 @@ want() { [[ " ${STEPS:-tests cublas kernels unet train runs} " == *" $1 "* ]]; }
 tmo() { local t=$1 l=$(( DEADLINE - $(date +%s) - 20 )); (( l < t )) && t=$l; (( t < 1 )) && t=1; echo "$t"; }
 
 step set-up
+for p in libvulkan1 libglvnd0 libegl1 libgl1 libglx0 libopengl0 libgles2; do
+  ls .gl/"${p}"_*.deb >/dev/null 2>&1 || echo "WARNING: .gl has no $p .deb (run scripts/device-prepare.sh and carry .gl)"
+done
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
 mkdir -p /tmp/bunbin && xz -dc .devrun/bun.xz > /tmp/bunbin/bun && chmod +x /tmp/bunbin/bun
@@ -35,12 +40,17 @@ if ! bun cli.ts doctor > "$R/doctor.txt" 2>&1; then
   bun cli.ts doctor > "$R/doctor.txt" 2>&1 || { cat "$R/doctor.txt"; tar -C "$R" -czf "$OUTDIR/all.tgz" .; exit 2; }
 fi
 cat "$R/doctor.txt"
+# What the adapter adds with Dawn's unsafe APIs (the subgroup-matrix feature and its configurations).
+RL4PIX_DAWN_FLAGS=enable-dawn-features=allow_unsafe_apis timeout $(tmo 60) bun cli.ts doctor > "$R/doctor-unsafe.txt" 2>&1
+echo "doctor with allow_unsafe_apis rc=$?"
+grep -E "^(dawn flags|wanted|subgroups|sg matrix|device) " "$R/doctor-unsafe.txt"
 
 if want tests; then
 step kernel tests
 # TESTS: the test files (default: every kernel family's; the golden checks need ../shared, absent there)
 TESTS=${TESTS:-tests/matmul.test.ts tests/conv.test.ts tests/attention.test.ts tests/norm.test.ts tests/elementwise.test.ts \
-  tests/layout.test.ts tests/embedding.test.ts tests/random.test.ts tests/optim.test.ts tests/cast.test.ts tests/runtime.test.ts}
+  tests/layout.test.ts tests/embedding.test.ts tests/random.test.ts tests/optim.test.ts tests/cast.test.ts tests/runtime.test.ts \
+  tests/adapter_report.test.ts tests/torch_cuda.test.ts}
 # shellcheck disable=SC2086
 timeout $(tmo 150) bun test --timeout 120000 $TESTS > "$R/tests.txt" 2>&1
 echo "tests rc=$?"
@@ -73,15 +83,15 @@ if want kernels; then
 step bench kernels
 timeout $(tmo 150) bun cli.ts bench all --json > "$R/bench-kernels.json" 2> "$R/bench-kernels.err"
 echo "bench rc=$?"
-timeout $(tmo 60) bun cli.ts bench matmul --json > "$R/bench-matmul-2.json" 2>&1
+timeout $(tmo 60) bun cli.ts bench matmul --no-torch --json > "$R/bench-matmul-2.json" 2>&1
 echo "bench matmul again rc=$?"
 fi
 
 if want unet; then
-step bench unet 512
-timeout $(tmo 120) bun cli.ts bench unet --config sd15 --resolution 512 --batch 1 --reps 3 --no-torch --json > "$R/bench-unet-512-b1.json" 2>&1
+step "bench unet 512, with PyTorch CUDA fp32 (TF32 off), fp16, fp16 + SDPA on the same GPU"
+timeout $(tmo 150) bun cli.ts bench unet --config sd15 --resolution 512 --batch 1 --reps 3 --json > "$R/bench-unet-512-b1.json" 2>&1
 echo "unet b1 rc=$?"
-timeout $(tmo 120) bun cli.ts bench unet --config sd15 --resolution 512 --batch 3 --reps 3 --no-torch --json > "$R/bench-unet-512-b3.json" 2>&1
+timeout $(tmo 150) bun cli.ts bench unet --config sd15 --resolution 512 --batch 3 --reps 3 --json > "$R/bench-unet-512-b3.json" 2>&1
 echo "unet b3 rc=$?"
 fi
 
@@ -94,6 +104,14 @@ for f in "$R"/bench-*.json; do
   echo "-- $(basename "$f")"
   grep -E '"(name|shape|ms|gflops|gbps|peakBytes|note)"' "$f" | tr -s ' ' | paste -sd' ' | sed 's/"name"/\n"name"/g' | cut -c1-300
 done
+
+step PyTorch rows on this GPU, next to ours
+bun -e '
+for (const f of process.argv.slice(1)) {
+  let j; try { j = JSON.parse(require("fs").readFileSync(f, "utf8")); } catch { continue; }
+  for (const r of j.rows ?? []) if (/PyTorch|^matmul$|^unet forward$/.test(r.name))
+    console.log([f.replace(/.*\//, ""), r.name, r.shape, r.ms === null ? "-" : Number(r.ms).toFixed(2) + " ms", r.gflops ? r.gflops.toFixed(0) + " GFLOP/s" : "", r.note ?? ""].join(" | "));
+}' "$R"/bench-kernels.json "$R"/bench-unet-512-b1.json "$R"/bench-unet-512-b3.json
 
 if want runs; then
 step tiny training runs, side by side
