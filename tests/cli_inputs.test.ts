@@ -107,3 +107,23 @@ describe("other inputs are checked before the GPU starts", () => {
     expect(existsSync(join(work, "run2"))).toBe(false);
   });
 });
+
+describe("pretrain checks its run folder, spec and starting model before the GPU starts", () => {
+  test("a bad spec, a folder that is not a run, other settings, a damaged starting model", () => {
+    const badSpec = join(work, "bad-spec.json");
+    writeFileSync(badSpec, JSON.stringify({ format: "rl4pix-tiny/1", seed: -1 }));
+    beforeGpu(noGpu("pretrain", "--out", join(work, "pt0"), "--spec", badSpec), "seed");
+    expect(existsSync(join(work, "pt0"))).toBe(false);
+    const other = join(work, "not-a-run");
+    cpSync(join(TINY_IP2P, "scheduler"), other, { recursive: true });
+    beforeGpu(noGpu("pretrain", "--out", other), other, "not a pretraining run folder");
+    // A fresh run folder gets as far as the device (settings.json and the random starting model are host work).
+    const run = join(work, "pt1");
+    expectUserError(noGpu("pretrain", "--out", run, "--vae-steps", "1"), "RL4PIX_NO_GPU");
+    expect(existsSync(join(run, "base", "model_index.json"))).toBe(true);
+    beforeGpu(noGpu("pretrain", "--out", run, "--vae-lr", "0.5"), join(run, "settings.json"), "other settings");
+    const w = join(run, "base", "unet", "diffusion_pytorch_model.safetensors");
+    truncateSync(w, 1000);
+    beforeGpu(noGpu("pretrain", "--out", run, "--vae-steps", "1"), w);
+  });
+});

@@ -5,7 +5,7 @@ import { describe, expect, test } from "bun:test";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { defaultModelDir, writeTinyCheckpoint } from "../src/models/tiny.ts";
+import { defaultModelDir } from "../src/models/tiny.ts";
 import { disposeModels, type IP2PModels, loadIP2P } from "../src/diffusion/pipeline.ts";
 import { backward, clearTape, scope, type Tensor } from "../src/tensor/index.ts";
 import { scopeAsync } from "../src/tensor/scope.ts";
@@ -13,7 +13,7 @@ import { adamW, createAdamWState } from "../src/tensor/ops/optim.ts";
 import { editorLoss, t2iLoss, vaeLoss } from "../src/pretrain/objectives.ts";
 import { heldOutExamples, maskToMap, trainExample } from "../src/pretrain/data.ts";
 import { wordPositions } from "../src/pretrain/evaluate.ts";
-import { runPretrain } from "../src/pretrain/run.ts";
+import { preparePretrainDir, runPretrain } from "../src/pretrain/run.ts";
 import { pretrainSettings, type PretrainOptions } from "../src/cli/pretrain.ts";
 import { UserError } from "../src/errors.ts";
 import { useGpu } from "./helpers.ts";
@@ -213,9 +213,10 @@ describe("rl4pix pretrain runs", () => {
   test("the starting model folder is refused when it is not a model", async () => {
     const work = mkdtempSync(join(tmpdir(), "rl4pix-pretrain-"));
     try {
-      writeTinyCheckpoint(join(work, "base"), {});
+      const settings = pretrainSettings(options(work, ""));
+      preparePretrainDir(work, settings); // settings.json and the random starting model
       writeFileSync(join(work, "base", "model_index.json"), "{ not json");
-      await expect(runPretrain(work, pretrainSettings(options(work, "")))).rejects.toThrow(/model_index\.json/);
+      await expect(runPretrain(work, settings)).rejects.toThrow(/model_index\.json/);
     } finally {
       rmSync(work, { recursive: true, force: true });
     }

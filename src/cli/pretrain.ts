@@ -8,7 +8,7 @@ import editorSpecJson from "../../configs/editor-tiny.json" with { type: "json" 
 import { initGpu } from "../gpu/device.ts";
 import { Interrupted, UserError } from "../errors.ts";
 import { parseTinySpec, type TinySpec } from "../models/tiny.ts";
-import { type PretrainSettings, runPretrain } from "../pretrain/run.ts";
+import { type PretrainSettings, preparePretrainDir, runPretrain } from "../pretrain/run.ts";
 import { action, num } from "./run.ts";
 
 export interface PretrainOptions {
@@ -67,6 +67,7 @@ export function pretrainSettings(o: PretrainOptions): PretrainSettings {
 /** Returns true when every stage finished. */
 export async function pretrain(o: PretrainOptions): Promise<boolean> {
   const settings = pretrainSettings(o);
+  preparePretrainDir(o.out, settings); // every host-side check before the GPU starts
   await initGpu();
   const t0 = performance.now();
   let interrupted = false;

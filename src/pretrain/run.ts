@@ -8,7 +8,7 @@
 //   model/                 a diffusers folder of the model after the newest finished stage
 // Running the command again resumes where it stopped (exactly: see src/pretrain/checkpoint.ts).
 import { createHash } from "node:crypto";
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { UserError } from "../errors.ts";
 import { publishFolder, tempSibling, writeFileAtomic } from "../io/atomic.ts";
@@ -17,6 +17,7 @@ import { sortedJson } from "../text/bpe_builder.ts";
 import { type TinySpec, writeTinyCheckpoint } from "../models/tiny.ts";
 import { disposeModels, type IP2PModels, loadIP2P } from "../diffusion/pipeline.ts";
 import { readParameters } from "../nn/load.ts";
+import { checkModelFolder } from "../diffusion/model_folder.ts";
 import type { Module } from "../nn/module.ts";
 import { gpu } from "../gpu/device.ts";
 import type { NamedParam } from "./checkpoint.ts";
@@ -128,12 +129,33 @@ function fmt(x: number): string {
   return Number(x.toPrecision(5)).toString();
 }
 
-/** Run (or resume) every stage; returns true when all finished, false when stopped early. */
-export async function runPretrain(dir: string, s: PretrainSettings, hooks: PretrainHooks = {}): Promise<boolean> {
-  mkdirSync(dir, { recursive: true });
+/**
+ * Everything that can be checked or made on the host, before the GPU starts: the run folder (new,
+ * or a pretraining run with the same settings), the random starting model (written when missing)
+ * and its files. Returns the starting model's folder.
+ */
+export function preparePretrainDir(dir: string, s: PretrainSettings): string {
+  if (existsSync(dir)) {
+    if (!statSync(dir).isDirectory()) throw new UserError(`${dir}: exists and is not a folder`);
+    if (readdirSync(dir).length > 0 && !existsSync(join(dir, "settings.json"))) {
+      throw new UserError(`${dir}: not a pretraining run folder (no settings.json); choose a new or empty --out folder`);
+    }
+  }
+  try {
+    mkdirSync(dir, { recursive: true });
+  } catch (e) {
+    throw new UserError(`${dir}: cannot create the run folder: ${(e as Error).message}`);
+  }
   checkSettings(dir, s);
   const base = join(dir, "base");
   if (!existsSync(join(base, "model_index.json"))) writeTinyCheckpoint(base, { spec: s.spec, overwrite: true });
+  checkModelFolder(base);
+  return base;
+}
+
+/** Run (or resume) every stage; returns true when all finished, false when stopped early. */
+export async function runPretrain(dir: string, s: PretrainSettings, hooks: PretrainHooks = {}): Promise<boolean> {
+  const base = preparePretrainDir(dir, s);
   const m = loadIP2P(base);
   const log = hooks.log ?? (() => {});
   const heldOut = heldOutExamples(s.heldOut, s.size);
