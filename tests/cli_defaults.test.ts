@@ -1,6 +1,7 @@
 // Every command with its defaults, on the embedded model, as a first-time user runs it: only the
 // required arguments (and, where a default run takes minutes, fewer epochs/steps/samples). The values
 // the defaults must come to are derived here from the model folder's own config files.
+import { HELDOUT_SEED } from "../src/pretrain/data.ts";
 import { describe, expect, test } from "bun:test";
 import { copyFileSync, existsSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -78,10 +79,13 @@ describe("defaults on the embedded model", () => {
   });
 
   test("demo, one short epoch", () => {
-    const r = run("demo", "--out", join(work, "demo"), "--epochs", "1", "--samples", "1");
+    const r = run("demo", "--out", join(work, "demo"), "--epochs", "1", "--samples", "1", "--held-out", "2");
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/^before +\d\.\d{4} ± /m);
     expect(r.out).toMatch(/^after +\d\.\d{4} ± /m);
+    expect(r.out).toMatch(/after − before [+-]\d\.\d{4} ± \d\.\d{4} \(paired s\.e\.\); a constant map scores \d\.\d{4}/);
+    // before and after are measured on the held-out split, not on the training edits
+    expect(readFileSync(join(work, "demo", "heldout", "manifest.jsonl"), "utf8")).toContain(`"id":"synth-${HELDOUT_SEED}-00001"`);
     expect(existsSync(join(work, "demo", "report.html"))).toBe(true);
   });
 

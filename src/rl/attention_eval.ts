@@ -15,6 +15,8 @@ export interface AttentionEval {
   /** Standard error of the mean cosine. */
   cosStderr: number;
   n: number;
+  /** cos per (sample, seed), samples outer: paired comparisons use these. */
+  values: number[];
 }
 
 export async function evaluateAttention(models: IP2PModels, cfg: Config, layers: readonly CrossAttentionLayer[], samples: readonly PreparedSample[], seeds: readonly number[]): Promise<AttentionEval> {
@@ -38,5 +40,15 @@ export async function evaluateAttention(models: IP2PModels, cfg: Config, layers:
   const n = cos.length;
   const mean = cos.reduce((a, b) => a + b, 0) / n;
   const sd = Math.sqrt(cos.reduce((a, b) => a + (b - mean) ** 2, 0) / Math.max(n - 1, 1));
-  return { cos: mean, reward: rewards.reduce((a, b) => a + b, 0) / n, cosStderr: sd / Math.sqrt(n), n };
+  return { cos: mean, reward: rewards.reduce((a, b) => a + b, 0) / n, cosStderr: sd / Math.sqrt(n), n, values: cos };
+}
+
+/** Mean and standard error of after − before over paired values (same samples, same seeds). */
+export function pairedDifference(after: readonly number[], before: readonly number[]): { mean: number; stderr: number; n: number } {
+  if (after.length !== before.length || after.length < 2) throw new Error(`pairedDifference: ${after.length} vs ${before.length} values`);
+  const d = after.map((a, i) => a - before[i]);
+  const n = d.length;
+  const mean = d.reduce((a, b) => a + b, 0) / n;
+  const sd = Math.sqrt(d.reduce((a, b) => a + (b - mean) ** 2, 0) / (n - 1));
+  return { mean, stderr: sd / Math.sqrt(n), n };
 }
