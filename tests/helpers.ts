@@ -3,6 +3,7 @@
 import { afterAll, beforeAll, expect, setDefaultTimeout } from "bun:test";
 import { destroyGpu, gpu, initGpu } from "../src/gpu/device.ts";
 import { Tensor, backward, clearTape, type DType } from "../src/tensor/index.ts";
+import { f16BitsToF32, f32ToF16Bits } from "../src/tensor/f16.ts";
 
 /** Acquire the GPU before the file's tests and destroy it afterwards. */
 export function useGpu(): void {
@@ -52,6 +53,11 @@ export function prod(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }
 
+/** Values rounded to the nearest f16 (ties to even), as float64. */
+export function roundF16(v: Float64Array): Float64Array {
+  return v.map((x) => f16BitsToF32(f32ToF16Bits(x)));
+}
+
 export function toGpu(data: Float64Array | number[], shape: readonly number[], dtype: DType = "f32"): Tensor {
   return Tensor.from(Float32Array.from(data), shape, dtype);
 }
@@ -93,8 +99,11 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 export interface GradCase {
-  /** Input data (float64, f32-representable) and shapes. */
-  inputs: { data: Float64Array; shape: number[]; grad?: boolean }[];
+  /**
+   * Input data (float64, f32-representable), shapes and dtypes (default f32; f16 inputs are rounded
+   * to f16 first, for the GPU and the reference alike, and their gradient must come back in f16).
+   */
+  inputs: { data: Float64Array; shape: number[]; grad?: boolean; dtype?: DType }[];
   /** The op on the GPU. */
   gpuFn: (xs: Tensor[]) => Tensor;
   /** Float64 CPU reference of the same op. */
@@ -112,14 +121,16 @@ export interface GradCase {
  * Check forward against the reference, then backward: with a random upstream gradient G, the GPU's
  * input gradients must match d/dx sum(ref(x) * G) by central differences in float64.
  */
-export async function gradCheck(c: GradCase): Promise<void> {
+export async function gradCheck(c0: GradCase): Promise<void> {
+  const c = { ...c0, inputs: c0.inputs.map((i) => (i.dtype === "f16" ? { ...i, data: roundF16(i.data) } : i)) };
   const label = c.label ?? "op";
-  const xs = c.inputs.map((inp) => toGpu(inp.data, inp.shape).requireGrad(inp.grad !== false));
+  const xs = c.inputs.map((inp) => toGpu(inp.data, inp.shape, inp.dtype ?? "f32").requireGrad(inp.grad !== false));
   const y = c.gpuFn(xs);
   const refY = c.refFn(c.inputs.map((i) => i.data));
   expectClose(await y.read(), refY, c.fwd ?? { atol: 1e-5, rtol: 1e-5 }, `${label} forward`);
-  const G = randn(y.size, c.seed ?? 99);
-  const gT = toGpu(G, y.shape);
+  // An f16 output takes an f16 upstream gradient (the reference sees the same rounded values).
+  const G = y.dtype === "f16" ? roundF16(randn(y.size, c.seed ?? 99)) : randn(y.size, c.seed ?? 99);
+  const gT = toGpu(G, y.shape, y.dtype);
   backward(y, gT);
   const h = c.h ?? 1e-3;
   for (let k = 0; k < c.inputs.length; k++) {
@@ -142,6 +153,7 @@ export async function gradCheck(c: GradCase): Promise<void> {
     }
     const grad = xs[k].grad;
     if (!grad) throw new Error(`${label}: input ${k} got no gradient`);
+    if (grad.dtype !== xs[k].dtype) throw new Error(`${label}: input ${k} is ${xs[k].dtype} but its gradient is ${grad.dtype}`);
     expectClose(await grad.read(), numeric, c.bwd ?? { atol: 1e-3, rtol: 1e-3 }, `${label} grad of input ${k}`);
   }
   for (const x of xs) x.dispose();

@@ -65,27 +65,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
     let bh = vec4<f32>(load_b(b4 + bk), load_b(b5 + bk), load_b(b6 + bk), load_b(b7 + bk));
 #endif
     let ak = k * p.sak;
-    let x0 = A[a0 + ak];
+    let x0 = f32(A[a0 + ak]);
     fma_rows(x0, b, &acc, 0u);
 #if CG2
     fma_rows(x0, bh, &acc_hi, 0u);
 #endif
 #if RG2
-    let x1 = A[a1 + ak];
+    let x1 = f32(A[a1 + ak]);
     fma_rows(x1, b, &acc, 8u);
 #if CG2
     fma_rows(x1, bh, &acc_hi, 8u);
 #endif
 #endif
 #if RG3
-    let x2 = A[a2 + ak];
+    let x2 = f32(A[a2 + ak]);
     fma_rows(x2, b, &acc, 16u);
 #if CG2
     fma_rows(x2, bh, &acc_hi, 16u);
 #endif
 #endif
 #if RG4
-    let x3 = A[a3 + ak];
+    let x3 = f32(A[a3 + ak]);
     fma_rows(x3, b, &acc, 24u);
 #if CG2
     fma_rows(x3, bh, &acc_hi, 24u);

@@ -12,8 +12,15 @@
 //   B_F16       B holds f16 values, two per u32 word (converted to f32 on load)
 //   K4          A and B are read as 4 consecutive k values per load (matmul_k4.wgsl): A as vec4s,
 //               B as vec4s (f32) or vec2<u32>s (f16, 4 halves)
+//   A_F16       A holds f16 activations (array<f16>, needs shader-f16), widened to f32 on load
+//   C_F16       C and the addend are f16 (the f32 result is rounded once, in the epilogue)
+//   HALF        A_F16 or C_F16: the shader enables f16
+// Accumulation is always f32.
 #if SUBGROUPS
 enable subgroups;
+#endif
+#if HALF
+enable f16;
 #endif
 
 struct Params {
@@ -39,14 +46,22 @@ struct Params {
 }
 
 #if K4
+#if A_F16
+@group(0) @binding(0) var<storage, read> A: array<vec4<f16>>;
+#else
 @group(0) @binding(0) var<storage, read> A: array<vec4<f32>>;
+#endif
 #if B_F16
 @group(0) @binding(1) var<storage, read> B: array<vec2<u32>>;
 #else
 @group(0) @binding(1) var<storage, read> B: array<vec4<f32>>;
 #endif
 #else
+#if A_F16
+@group(0) @binding(0) var<storage, read> A: array<f16>;
+#else
 @group(0) @binding(0) var<storage, read> A: array<f32>;
+#endif
 #if B_F16
 @group(0) @binding(1) var<storage, read> B: array<u32>;
 #else
@@ -54,8 +69,13 @@ struct Params {
 #endif
 #endif
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
+#if C_F16
+@group(0) @binding(3) var<storage, read> addend: array<f16>;
+@group(0) @binding(4) var<storage, read_write> C: array<f16>;
+#else
 @group(0) @binding(3) var<storage, read> addend: array<f32>;
 @group(0) @binding(4) var<storage, read_write> C: array<f32>;
+#endif
 @group(0) @binding(5) var<uniform> p: Params;
 
 #if !K4
@@ -112,12 +132,16 @@ fn epilogue(acc: f32, c_base: u32, m: u32, n: u32) {
 fn epilogue_b(acc: f32, c_base: u32, m: u32, n: u32, b: f32) {
   var v = p.alpha * acc + b;
   let ci = c_base + m * p.scm + n * p.scn;
-  if ((p.flags & FLAG_ADDEND) != 0u) { v += addend[ci]; }
+  if ((p.flags & FLAG_ADDEND) != 0u) { v += f32(addend[ci]); }
   let act = p.flags >> 3u;
   if (act == ACT_SILU) {
     v = v / (1.0 + exp(-v));
   } else if (act == ACT_GELU) {
     v = 0.5 * v * (1.0 + matmul_erf(v * 0.70710678118654752));
   }
+#if C_F16
+  C[ci] = f16(v);
+#else
   C[ci] = v;
+#endif
 }

@@ -71,7 +71,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
 #endif
 #unroll g RG
     {
-      let av = A[a$g + k];
+      let av = vec4<f32>(A[a$g + k]);
 #unroll i 8
       {
         let x = subgroupBroadcast(av, $i);

@@ -32,7 +32,7 @@ fn fetch_a(e: u32, k0: u32, m0: u32, base: u32) -> f32 {
   let c = stage_coords(e, p.sam == 1u);
   let m = m0 + c.x;
   let k = k0 + c.y;
-  if (m < p.m && k < p.k) { return A[base + m * p.sam + k * p.sak]; }
+  if (m < p.m && k < p.k) { return f32(A[base + m * p.sam + k * p.sak]); }
   return 0.0;
 }
 

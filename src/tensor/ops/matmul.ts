@@ -2,7 +2,8 @@
 // operand transposed, linear (torch layout, fused bias + activation), and LoRA linear (frozen base
 // weight, trainable down/up factors, W + BA never materialised). All run on `gemm`.
 import { isGradEnabled, record } from "../autograd.ts";
-import { Tensor, numel, shapeStr } from "../tensor.ts";
+import { type DType, Tensor, numel, shapeStr } from "../tensor.ts";
+import { gpu } from "../../gpu/device.ts";
 import { cast } from "./cast.ts";
 import { gelu, reshapeRaw, silu } from "./elementwise.ts";
 import { sumTo } from "./reduce.ts";
@@ -20,9 +21,12 @@ export interface MatmulOptions {
   transB?: boolean;
 }
 
-/** `t` as an f32 tensor (a new handle; casts f16 operands that must be the kernel's A operand). */
-function asF32(t: Tensor): Tensor {
-  return t.dtype === "f32" ? t.detach() : cast(t, "f32");
+/**
+ * `t` as the kernel's A operand: as is where the adapter reads f16 activations (shader-f16), else an
+ * f32 copy (a new handle either way).
+ */
+function asFirstOperand(t: Tensor): Tensor {
+  return t.dtype === "f32" || gpu().hasF16 ? t.detach() : cast(t, "f32");
 }
 
 /** Sum a broadcast-batch gradient down to `shape`; consumes `full`. */
@@ -37,17 +41,37 @@ function reduceTo(full: Tensor, shape: readonly number[]): Tensor {
   return r;
 }
 
-/** d op(A)·op(B) / dA for upstream gradient `g` [..., M, N]. */
-function matmulGradA(g: Tensor, a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
-  if (!transA) return reduceTo(gemm(g, b, { transB: !transB, op: "matmul backward" }), a.shape);
-  // A stored [K, M]: dA = op(B) · gᵀ, with B as the kernel's first operand (f32 needed).
-  const b32 = asF32(b);
-  const full = gemm(b32, g, { transA: transB, transB: true, op: "matmul backward" });
-  b32.dispose();
-  return reduceTo(full, a.shape);
+/** The dtype a gradient product is computed in: `dtype`, unless a batch reduction (f32 only) follows. */
+function productDtype(fullSize: number, shape: readonly number[], dtype: DType): "f32" | "f16" {
+  return fullSize === numel(shape) && dtype === "f16" ? "f16" : "f32";
 }
 
-/** d op(A)·op(B) / dB for upstream gradient `g` [..., M, N]. */
+/** `reduceTo`, then cast to `dtype` (the operand's own: a gradient has its tensor's dtype); consumes `full`. */
+function gradTo(full: Tensor, shape: readonly number[], dtype: DType): Tensor {
+  const r = reduceTo(full, shape);
+  if (r.dtype === dtype) return r;
+  const c = cast(r, dtype as "f32" | "f16");
+  r.dispose();
+  return c;
+}
+
+/** d op(A)·op(B) / dA for upstream gradient `g` [..., M, N], in A's dtype. */
+function matmulGradA(g: Tensor, a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
+  const out = productDtype(numel([...gemmBatch(g), a.shape.at(-2)!, a.shape.at(-1)!]), a.shape, a.dtype);
+  if (!transA) return gradTo(gemm(g, b, { transB: !transB, out, op: "matmul backward" }), a.shape, a.dtype);
+  // A stored [K, M]: dA = op(B) · gᵀ, with B as the kernel's first operand.
+  const b1 = asFirstOperand(b);
+  const full = gemm(b1, g, { transA: transB, transB: true, out, op: "matmul backward" });
+  b1.dispose();
+  return gradTo(full, a.shape, a.dtype);
+}
+
+/** The batch dims of a product's gradient `g` [..., M, N]. */
+function gemmBatch(g: Tensor): number[] {
+  return g.shape.slice(0, -2) as number[];
+}
+
+/** d op(A)·op(B) / dB for upstream gradient `g` [..., M, N], in B's dtype. */
 function matmulGradB(g: Tensor, a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
   const batchB = numel(b.shape.slice(0, -2));
   if (batchB === 1 && !transA) {
@@ -56,20 +80,24 @@ function matmulGradB(g: Tensor, a: Tensor, b: Tensor, transA: boolean, transB: b
     const rows = numel(a.shape.slice(0, -1));
     const aFlat = reshapeRaw(a, [rows, k]); // [Z*M, K]
     const gFlat = reshapeRaw(g, [rows, g.shape[g.rank - 1]]); // [Z*M, N]
-    const d = transB ? gemm(gFlat, aFlat, { transA: true, op: "matmul backward" }) : gemm(aFlat, gFlat, { transA: true, op: "matmul backward" });
+    const out = b.dtype as "f32" | "f16";
+    const d = transB ? gemm(gFlat, aFlat, { transA: true, out, op: "matmul backward" }) : gemm(aFlat, gFlat, { transA: true, out, op: "matmul backward" });
     aFlat.dispose();
     gFlat.dispose();
-    return reduceTo(d, b.shape);
+    return gradTo(d, b.shape, b.dtype);
   }
+  const out = productDtype(numel([...gemmBatch(g), b.shape.at(-2)!, b.shape.at(-1)!]), b.shape, b.dtype);
   const full = transB
-    ? gemm(g, a, { transA: true, transB: transA, op: "matmul backward" }) // [..., N, K]
-    : gemm(a, g, { transA: !transA, op: "matmul backward" }); // [..., K, N]
-  return reduceTo(full, b.shape);
+    ? gemm(g, a, { transA: true, transB: transA, out, op: "matmul backward" }) // [..., N, K]
+    : gemm(a, g, { transA: !transA, out, op: "matmul backward" }); // [..., K, N]
+  return gradTo(full, b.shape, b.dtype);
 }
 
 /**
  * Batched matrix product op(a) · op(b): a [..., M, K] (or [..., K, M] with transA), b [..., K, N]
- * (or [..., N, K] with transB); batch dims broadcast. `b` may be f16 (read as f32).
+ * (or [..., N, K] with transB); batch dims broadcast. `b` may be f16 (read as f32); an f16 `a`
+ * (f16 activations, needs shader-f16) gives an f16 result, accumulated in f32. Gradients come in
+ * each operand's dtype.
  */
 export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   const transA = opts.transA ?? false;
@@ -126,24 +154,30 @@ function affine(x: Tensor, weight: Tensor, bias: Tensor | null, activation: Acti
     const gy = reshapeRaw(g, [rows, outF]); // [R, out]
     const res: (Tensor | null)[] = [null, null, null];
     if (needs[0] && w) {
-      const dx = gemm(gy, w, { op: "linear backward" }); // [R, in]
+      const dx = gemm(gy, w, { out: x.dtype as "f32" | "f16", op: "linear backward" }); // [R, in]
       res[0] = reshapeRaw(dx, x.shape);
       dx.dispose();
     }
     if (needs[1] && xs) {
       const xf = reshapeRaw(xs, [rows, inF]);
-      res[1] = gemm(gy, xf, { transA: true, op: "linear backward" }); // [out, in]
+      res[1] = gemm(gy, xf, { transA: true, out: weight.dtype as "f32" | "f16", op: "linear backward" }); // [out, in]
       xf.dispose();
     }
-    if (bias && needs[2]) res[2] = sumTo(gy, [outF]);
+    if (bias && needs[2]) {
+      // The column sums run in f32 (the bias is f32); an f16 gradient is widened first.
+      const g32 = gy.dtype === "f32" ? gy.detach() : cast(gy, "f32");
+      res[2] = sumTo(g32, [outF]);
+      g32.dispose();
+    }
     gy.dispose();
     return bias ? res : res.slice(0, 2);
   });
 }
 
 /**
- * y = act(x Wᵀ + b): x [..., in], weight [out, in] (torch layout, f32 or f16), bias [out].
- * Gradients for x, weight and bias, each only when it requires grad.
+ * y = act(x Wᵀ + b): x [..., in], weight [out, in] (torch layout, f32 or f16), bias [out] (f32).
+ * An f16 x gives an f16 y (f32 accumulation, one rounding). Gradients for x, weight and bias, each
+ * only when it requires grad, in its own dtype.
  */
 export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null, opts: LinearOptions = {}): Tensor {
   const activation = opts.activation ?? "none";
@@ -191,17 +225,18 @@ export function loraLinear(x: Tensor, weight: Tensor, bias: Tensor | null | unde
     const w = needX ? s[s.length - 1] : null;
     const gy = reshapeRaw(g, [rows, outF]); // [R, out]
     const res: (Tensor | null)[] = [null, null, null];
-    if (needs[2]) res[2] = gemm(gy, hs, { transA: true, alpha: scale, op: `${op} backward` }); // [out, r]
+    if (needs[2]) res[2] = gemm(gy, hs, { transA: true, alpha: scale, out: loraUp.dtype as "f32" | "f16", op: `${op} backward` }); // [out, r]
     if (needs[0] || needs[1]) {
-      const dh = gemm(gy, up, { alpha: scale, op: `${op} backward` }); // [R, r] = scale · dy B
+      const dh = gemm(gy, up, { alpha: scale, out: "f32", op: `${op} backward` }); // [R, r] = scale · dy B (f32: r is small)
       if (needs[1] && xs) {
         const xf = reshapeRaw(xs, [rows, inF]);
-        res[1] = gemm(dh, xf, { transA: true, op: `${op} backward` }); // [r, in]
+        res[1] = gemm(dh, xf, { transA: true, out: loraDown.dtype as "f32" | "f16", op: `${op} backward` }); // [r, in]
         xf.dispose();
       }
       if (needs[0] && w) {
-        const low = gemm(dh, down, { op: `${op} backward` }); // [R, in] = dh A
-        const dx = gemm(gy, w, { addend: low, op: `${op} backward` }); // [R, in] = dy W + dh A
+        const xd = x.dtype as "f32" | "f16";
+        const low = gemm(dh, down, { out: xd, op: `${op} backward` }); // [R, in] = dh A
+        const dx = gemm(gy, w, { addend: low, out: xd, op: `${op} backward` }); // [R, in] = dy W + dh A
         low.dispose();
         res[0] = reshapeRaw(dx, x.shape);
         dx.dispose();

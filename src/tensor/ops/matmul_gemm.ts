@@ -54,6 +54,11 @@ export interface GemmOptions {
   /** Same shape as the output, added before the activation. */
   addend?: Tensor | null;
   activation?: Activation;
+  /**
+   * dtype of C (and of the addend): defaults to A's. f16 output, like an f16 A, needs shader-f16;
+   * products accumulate in f32 either way and round once.
+   */
+  out?: "f32" | "f16";
   /** Op name for error messages. */
   op?: string;
 }
@@ -140,8 +145,12 @@ function launch(a: Tensor, b: Tensor, opts: GemmOptions, target: GemmTarget | nu
   const op = opts.op ?? "matmul";
   const transA = opts.transA ?? false;
   const transB = opts.transB ?? false;
-  if (a.dtype !== "f32") throw new Error(`${op}: the first operand must be f32, got ${a.dtype} ${shapeStr(a.shape)}`);
+  if (a.dtype !== "f32" && a.dtype !== "f16") throw new Error(`${op}: the first operand must be f32 or f16, got ${a.dtype} ${shapeStr(a.shape)}`);
   if (b.dtype !== "f32" && b.dtype !== "f16") throw new Error(`${op}: the second operand must be f32 or f16, got ${b.dtype} ${shapeStr(b.shape)}`);
+  const outDtype = target ? "f32" : opts.out ?? (a.dtype as "f32" | "f16");
+  if ((a.dtype === "f16" || outDtype === "f16") && !gpu().hasF16) {
+    throw new Error(`${op}: f16 activations (an f16 first operand or output) need the adapter's shader-f16 feature`);
+  }
   const { m, k, n, batch } = gemmDims(a.shape, b.shape, transA, transB, op);
   const outShape = [...batch, m, n];
   const bias = opts.bias ?? null;
@@ -149,10 +158,10 @@ function launch(a: Tensor, b: Tensor, opts: GemmOptions, target: GemmTarget | nu
   if (bias && (bias.dtype !== "f32" || bias.size !== n)) {
     throw new Error(`${op}: bias ${shapeStr(bias.shape)} ${bias.dtype} does not match ${n} output features (f32 needed)`);
   }
-  if (addend && (addend.dtype !== "f32" || addend.size !== numel(outShape))) {
-    throw new Error(`${op}: addend ${shapeStr(addend.shape)} ${addend.dtype} does not match the output ${shapeStr(outShape)}`);
+  if (addend && (addend.dtype !== outDtype || addend.size !== numel(outShape))) {
+    throw new Error(`${op}: addend ${shapeStr(addend.shape)} ${addend.dtype} does not match the ${outDtype} output ${shapeStr(outShape)}`);
   }
-  const out = target ? null : Tensor.empty(outShape, "f32", op);
+  const out = target ? null : Tensor.empty(outShape, outDtype, op);
   const batchA = a.shape.slice(0, -2);
   const batchB = b.shape.slice(0, -2);
   const zCount = numel(batch);
@@ -198,6 +207,11 @@ function launch(a: Tensor, b: Tensor, opts: GemmOptions, target: GemmTarget | nu
       bsa: bsb, bsb: bsa, scm: prod.scn, scn: prod.scm, biasRows: true,
     };
   }
+  // The kernel's A operand (b when swapped) and C: f16 activations read and written as f16.
+  const [first, second] = swap ? [b, a] : [a, b];
+  const half = { A_F16: first.dtype === "f16", C_F16: outDtype === "f16" };
+  const secondF16 = second.dtype === "f16";
+  const halfDefs = { ...half, HALF: half.A_F16 || half.C_F16 };
   let kernel;
   let gx: number;
   let gy: number;
@@ -208,15 +222,16 @@ function launch(a: Tensor, b: Tensor, opts: GemmOptions, target: GemmTarget | nu
   if (tuning.kind === "register" && k4) {
     // 16 rows: more accumulators spill and make the pipeline slow to compile and to run.
     const rg = Math.min(K4_ROW_GROUPS, registerRowGroups(tuning, prod.m));
-    const defs = { SUBGROUPS: true, K4: true, B_F16: bF16, RG: rg, ROWS: 8 * rg, CG2: tuning.colGroups === 2, COLS: 32 * tuning.colGroups };
+    const defs = { SUBGROUPS: true, K4: true, B_F16: secondF16, RG: rg, ROWS: 8 * rg, CG2: tuning.colGroups === 2, COLS: 32 * tuning.colGroups, ...halfDefs };
     kernel = g.kernel("matmul_k4", unrolledSource("matmul_k4", K4_SOURCE, defs), defs);
     gx = Math.ceil(prod.n / (32 * tuning.colGroups));
     gy = Math.ceil(prod.m / (8 * rg));
   } else if (tuning.kind === "register") {
     const rg = registerRowGroups(tuning, prod.m);
     kernel = g.kernel("matmul", REGISTER_SOURCE, {
+      ...halfDefs,
       SUBGROUPS: true,
-      B_F16: bF16,
+      B_F16: secondF16,
       RG2: rg >= 2,
       RG3: rg >= 3,
       RG4: rg >= 4,
@@ -229,7 +244,7 @@ function launch(a: Tensor, b: Tensor, opts: GemmOptions, target: GemmTarget | nu
   } else {
     const per = tiledPer(tuning, prod.m, prod.n, zTotal);
     const depth = tiledDepth(tuning, per);
-    const defs = { B_F16: bF16, PER: per, PV: per / 4, DEPTH: depth, STAGE: (16 * per * depth) / 256 };
+    const defs = { B_F16: secondF16, PER: per, PV: per / 4, DEPTH: depth, STAGE: (16 * per * depth) / 256, ...halfDefs };
     kernel = g.kernel("matmul_tiled", unrolledSource("matmul_tiled", TILED_SOURCE, defs), defs);
     gx = Math.ceil(prod.n / (16 * per));
     gy = Math.ceil(prod.m / (16 * per));
@@ -240,7 +255,6 @@ function launch(a: Tensor, b: Tensor, opts: GemmOptions, target: GemmTarget | nu
 
   const flags = (bias ? FLAG_BIAS : 0) | (addend ? FLAG_ADDEND : 0) | (prod.biasRows ? FLAG_BIAS_ROWS : 0) |
     (ACT_CODE[opts.activation ?? "none"] << ACT_SHIFT);
-  const [first, second] = swap ? [b, a] : [a, b];
   const dummy: GpuBinding = a.binding();
   const bindings = [first.binding(), second.binding(), bias ? bias.binding() : dummy, addend ? addend.binding() : dummy, target ? target.binding : out!.binding()];
   for (let z0 = 0; z0 < zTotal; z0 += g.maxGroupsPerDim) {
