@@ -1,6 +1,8 @@
 // Elementwise kernels, specialised by defines:
-//   T          element type: f32, or vec4<f32> for same-shape maps over a multiple of 4 values
-//              (each storage access moves 4 values; on CPU adapters loads dominate).
+//   T          element type computed in: f32, or vec4<f32> for same-shape maps over a multiple of 4
+//              values (each storage access moves 4 values; on CPU adapters loads dominate).
+//   S          element type stored: T, or its f16 counterpart (f16 / vec4<f16>, HALF set: needs
+//              shader-f16); loads widen to T, the result is rounded once to S.
 //   UNARY      out = EXPR(a); binary otherwise: out = EXPR(a, b)
 //   BROADCAST  numpy broadcasting of the inputs to the output shape (T = f32; RANK dims)
 //   KIND_FILL  out = p.s0
@@ -10,7 +12,11 @@
 // One thread per element (per vec4 for T = vec4<f32>); the grid may be 2-D when a dispatch exceeds
 // the per-dimension limit.
 
+#if HALF
+enable f16;
+#endif
 alias T = {{T}};
+alias S = {{S}};
 
 struct Params {
   // Elements (vec4s when T = vec4<f32>) to process.
@@ -25,29 +31,29 @@ struct Params {
 }
 
 #if KIND_FILL
-@group(0) @binding(0) var<storage, read_write> out: array<T>;
+@group(0) @binding(0) var<storage, read_write> out: array<S>;
 @group(0) @binding(1) var<uniform> p: Params;
 #else
 #if GEGLU
 // GEGLU over rows of 2I values: out[r, i] = x[r, i] * gelu(x[r, I + i]); p.rank holds I.
-@group(0) @binding(0) var<storage, read> in_a: array<f32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(0) var<storage, read> in_a: array<S>;
+@group(0) @binding(1) var<storage, read_write> out: array<S>;
 @group(0) @binding(2) var<uniform> p: Params;
 #else
 #if GEGLU_BWD
 // in_a = x [R, 2I], in_b = grad of out [R, I]; out = grad of x [R, 2I]. p.n counts out-grad elements.
-@group(0) @binding(0) var<storage, read> in_a: array<f32>;
-@group(0) @binding(1) var<storage, read> in_b: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(0) var<storage, read> in_a: array<S>;
+@group(0) @binding(1) var<storage, read> in_b: array<S>;
+@group(0) @binding(2) var<storage, read_write> out: array<S>;
 @group(0) @binding(3) var<uniform> p: Params;
 #else
-@group(0) @binding(0) var<storage, read> in_a: array<T>;
+@group(0) @binding(0) var<storage, read> in_a: array<S>;
 #if UNARY
-@group(0) @binding(1) var<storage, read_write> out: array<T>;
+@group(0) @binding(1) var<storage, read_write> out: array<S>;
 @group(0) @binding(2) var<uniform> p: Params;
 #else
-@group(0) @binding(1) var<storage, read> in_b: array<T>;
-@group(0) @binding(2) var<storage, read_write> out: array<T>;
+@group(0) @binding(1) var<storage, read> in_b: array<S>;
+@group(0) @binding(2) var<storage, read_write> out: array<S>;
 @group(0) @binding(3) var<uniform> p: Params;
 #endif
 #endif
@@ -90,23 +96,23 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let i = gid.y * nwg.x * 256u + gid.x;
   if (i >= p.n) { return; }
 #if KIND_FILL
-  out[i] = T(p.s0);
+  out[i] = S(T(p.s0));
 #else
 #if GEGLU
   let half = p.rank;
   let r = i / half;
   let c = i % half;
-  out[i] = in_a[r * 2u * half + c] * gelu(in_a[r * 2u * half + half + c]);
+  out[i] = S(T(in_a[r * 2u * half + c]) * gelu(T(in_a[r * 2u * half + half + c])));
 #else
 #if GEGLU_BWD
   let half = p.rank;
   let r = i / half;
   let c = i % half;
-  let h = in_a[r * 2u * half + c];
-  let gate = in_a[r * 2u * half + half + c];
-  let g = in_b[i];
-  out[r * 2u * half + c] = g * gelu(gate);
-  out[r * 2u * half + half + c] = g * h * gelu_grad(gate);
+  let h = T(in_a[r * 2u * half + c]);
+  let gate = T(in_a[r * 2u * half + half + c]);
+  let g = T(in_b[i]);
+  out[r * 2u * half + c] = S(g * gelu(gate));
+  out[r * 2u * half + half + c] = S(g * h * gelu_grad(gate));
 #else
 #if UNARY
 #if BROADCAST
@@ -117,11 +123,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     ia += (rem % dim) * dim_at(p.stride_a, u32(d));
     rem = rem / dim;
   }
-  let a = in_a[ia];
+  let a = T(in_a[ia]);
 #else
-  let a = in_a[i];
+  let a = T(in_a[i]);
 #endif
-  out[i] = {{EXPR}};
+  out[i] = S({{EXPR}});
 #else
 #if BROADCAST
   var rem = i;
@@ -134,13 +140,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     ia += c * dim_at(p.stride_a, u32(d));
     ib += c * dim_at(p.stride_b, u32(d));
   }
-  let a = in_a[ia];
-  let b = in_b[ib];
+  let a = T(in_a[ia]);
+  let b = T(in_b[ib]);
 #else
-  let a = in_a[i];
-  let b = in_b[i];
+  let a = T(in_a[i]);
+  let b = T(in_b[i]);
 #endif
-  out[i] = {{EXPR}};
+  out[i] = S({{EXPR}});
 #endif
 #endif
 #endif

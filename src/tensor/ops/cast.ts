@@ -10,8 +10,8 @@ import { elementWindows, windowBinding } from "./window.ts";
 const WG = 256;
 export type FloatDType = "f32" | "f16";
 
-/** The conversion without autograd. */
-function castRaw(x: Tensor, dtype: FloatDType): Tensor {
+/** The conversion without autograd (for backward formulas). */
+export function castRaw(x: Tensor, dtype: FloatDType): Tensor {
   const out = Tensor.empty(x.shape, dtype, `cast_${dtype}`);
   const g = gpu();
   const toF16 = dtype === "f16";

@@ -7,6 +7,7 @@ import { record } from "../autograd.ts";
 import { Tensor, numel, shapeStr } from "../tensor.ts";
 import { broadcastShapes, broadcastStrides, collapseDims, pad8, sameShape } from "./shape.ts";
 import { sumTo } from "./reduce.ts";
+import { castRaw } from "./cast.ts";
 
 const WG = 256;
 
@@ -18,6 +19,28 @@ function checkF32(op: string, ...ts: Tensor[]): void {
   for (const t of ts) if (t.dtype !== "f32") throw new Error(`${op}: expects f32, got ${t.dtype} ${shapeStr(t.shape)}`);
 }
 
+type FloatDType = "f32" | "f16";
+
+/**
+ * The common dtype of an op's inputs: all f32, or all f16 (f16 activations: stored as f16, computed
+ * in f32, rounded once; needs shader-f16). Mixed inputs are refused, naming both.
+ */
+function floatDtype(op: string, ...ts: Tensor[]): FloatDType {
+  const d = ts[0].dtype;
+  for (const t of ts) {
+    if (t.dtype !== "f32" && t.dtype !== "f16") throw new Error(`${op}: expects f32 or f16, got ${t.dtype} ${shapeStr(t.shape)}`);
+    if (t.dtype !== d) throw new Error(`${op}: inputs mix ${d} and ${t.dtype} (${ts.map((x) => shapeStr(x.shape)).join(", ")}); cast one first`);
+  }
+  if (d === "f16" && !gpu().hasF16) throw new Error(`${op}: f16 activations need the adapter's shader-f16 feature`);
+  return d as FloatDType;
+}
+
+/** Kernel defines for the storage type `dtype` computed in T (f32 or vec4<f32>). */
+function typeDefines(dtype: FloatDType, vec: boolean): Record<string, string | boolean> {
+  const T = vec ? "vec4<f32>" : "f32";
+  return { T, S: dtype === "f16" ? (vec ? "vec4<f16>" : "f16") : T, HALF: dtype === "f16" };
+}
+
 /**
  * Run a same-shape elementwise kernel over every element of `out`, split into windows of at most the
  * binding limit (offsets aligned to 256 bytes). Sizes that are a multiple of 4 run on vec4s.
@@ -26,11 +49,14 @@ function runWindowed(kernelName: string, defines: Record<string, string | number
   const g = gpu();
   const n = out.size;
   const vec = n % 4 === 0;
-  const k = g.kernel(kernelName + (vec ? "_v4" : ""), src, { ...defines, T: vec ? "vec4<f32>" : "f32" });
+  const dtype = out.dtype as FloatDType;
+  const k = g.kernel(kernelName + (vec ? "_v4" : ""), src, { ...defines, ...typeDefines(dtype, vec) });
   const maxElems = Math.floor(g.maxBinding / 1024) * 256;
+  const bytes = dtype === "f16" ? 2 : 4;
   for (let start = 0; start < n; start += maxElems) {
     const count = Math.min(maxElems, n - start);
-    const bind = (t: Tensor) => ({ buffer: t.buffer, offset: start * 4, size: count * 4 });
+    // Binding sizes are whole words: an odd count of halves binds one more (never read).
+    const bind = (t: Tensor) => ({ buffer: t.buffer, offset: start * bytes, size: Math.ceil((count * bytes) / 4) * 4 });
     const items = vec ? count / 4 : count;
     g.dispatch(k, [...inputs.map(bind), bind(out)], params(items, s0, s1), g.grid(Math.ceil(items / WG)));
   }
@@ -81,9 +107,9 @@ const UNARY: Record<string, UnaryDef> = {
 };
 
 function unary(name: keyof typeof UNARY, a: Tensor, s0 = 0, s1 = 0): Tensor {
-  checkF32(name, a);
+  const dtype = floatDtype(name, a);
   const def = UNARY[name];
-  const out = Tensor.empty(a.shape, "f32", name);
+  const out = Tensor.empty(a.shape, dtype, name);
   runWindowed(`unary_${name}`, { UNARY: true, EXPR: def.expr }, [a], out, s0, s1);
   return record(out, name, [a], [a], (g, [x]) => [binarySameShape(`${name}_grad`, def.grad, x, g, s0, s1)]);
 }
@@ -113,9 +139,9 @@ export const clamp = (a: Tensor, lo: number, hi: number) => unary("clamp", a, lo
 
 /** Same-shape binary map without autograd (used by backward formulas). */
 export function binarySameShape(name: string, expr: string, a: Tensor, b: Tensor, s0 = 0, s1 = 0): Tensor {
-  checkF32(name, a, b);
+  const dtype = floatDtype(name, a, b);
   if (!sameShape(a.shape, b.shape)) throw new Error(`${name}: shapes ${shapeStr(a.shape)} and ${shapeStr(b.shape)} differ`);
-  const out = Tensor.empty(a.shape, "f32", name);
+  const out = Tensor.empty(a.shape, dtype, name);
   runWindowed(`binary_${name}`, { EXPR: expr }, [a, b], out, s0, s1);
   return out;
 }
@@ -123,13 +149,14 @@ export function binarySameShape(name: string, expr: string, a: Tensor, b: Tensor
 /** Binary map with broadcasting, no autograd. */
 export function binaryMap(name: string, expr: string, a: Tensor, b: Tensor, s0 = 0, s1 = 0): Tensor {
   if (sameShape(a.shape, b.shape)) return binarySameShape(name, expr, a, b, s0, s1);
-  checkF32(name, a, b);
+  const dtype = floatDtype(name, a, b);
   const shape = broadcastShapes(a.shape, b.shape, name);
-  const out = Tensor.empty(shape, "f32", name);
+  const out = Tensor.empty(shape, dtype, name);
   const g = gpu();
   const c = collapseDims(shape, [broadcastStrides(a.shape, shape), broadcastStrides(b.shape, shape)]);
-  if (broadcastRows(name, expr, c, a, b, out, s0, s1)) return out;
-  const k = g.kernel(`bcast_${name}`, src, { BROADCAST: true, EXPR: expr, RANK: c.dims.length, T: "f32" });
+  // The row kernel is f32 only: f16 takes the general one.
+  if (dtype === "f32" && broadcastRows(name, expr, c, a, b, out, s0, s1)) return out;
+  const k = g.kernel(`bcast_${name}`, src, { BROADCAST: true, EXPR: expr, RANK: c.dims.length, ...typeDefines(dtype, false) });
   const p = params(out.size, s0, s1, c.dims.length, c.dims, c.strides[0], c.strides[1]);
   g.dispatch(k, [a.binding(), b.binding(), out.binding()], p, g.grid(Math.ceil(out.size / WG)));
   return out;
@@ -170,9 +197,19 @@ function broadcastRows(
   return true;
 }
 
-/** Reduce a gradient of the broadcast shape back to `shape` (sum over broadcast dims). */
+/**
+ * Reduce a gradient of the broadcast shape back to `shape` (sum over broadcast dims). An f16
+ * gradient is summed in f32 and rounded once.
+ */
 function unbroadcast(g: Tensor, shape: readonly number[]): Tensor {
-  return sameShape(g.shape, shape) ? g.detach() : sumTo(g, shape);
+  if (sameShape(g.shape, shape)) return g.detach();
+  if (g.dtype !== "f16") return sumTo(g, shape);
+  const g32 = castRaw(g, "f32");
+  const s = sumTo(g32, shape);
+  g32.dispose();
+  const r = castRaw(s, "f16");
+  s.dispose();
+  return r;
 }
 
 export function add(a: Tensor, b: Tensor): Tensor {
@@ -250,7 +287,7 @@ export function expand(t: Tensor, shape: readonly number[], mult = 1): Tensor {
   const out = Tensor.empty(shape, "f32", "expand");
   const g = gpu();
   const c = collapseDims(shape, [broadcastStrides(t.shape, shape)]);
-  const k = g.kernel("expand", src, { UNARY: true, BROADCAST: true, EXPR: "a * p.s0", RANK: c.dims.length, T: "f32" });
+  const k = g.kernel("expand", src, { UNARY: true, BROADCAST: true, EXPR: "a * p.s0", RANK: c.dims.length, T: "f32", S: "f32" });
   const p = params(out.size, mult, 0, c.dims.length, c.dims, c.strides[0]);
   g.dispatch(k, [t.binding(), out.binding()], p, g.grid(Math.ceil(out.size / WG)));
   return out;
@@ -260,17 +297,18 @@ export function expand(t: Tensor, shape: readonly number[], mult = 1): Tensor {
 
 /** GEGLU (diffusers' feed-forward gate): x [..., 2I] -> x[..., :I] * gelu(x[..., I:]) [..., I]. */
 export function geglu(x: Tensor): Tensor {
-  checkF32("geglu", x);
+  const dtype = floatDtype("geglu", x);
   const two = x.shape[x.rank - 1];
   if (two % 2 !== 0) throw new Error(`geglu: last dim ${two} of ${shapeStr(x.shape)} is odd`);
   const half = two / 2;
-  const out = Tensor.empty([...x.shape.slice(0, -1), half], "f32", "geglu");
+  const out = Tensor.empty([...x.shape.slice(0, -1), half], dtype, "geglu");
   const g = gpu();
-  const k = g.kernel("geglu", src, { GEGLU: true, T: "f32" });
+  const k = g.kernel("geglu", src, { GEGLU: true, ...typeDefines(dtype, false) });
   g.dispatch(k, [x.binding(), out.binding()], params(out.size, 0, 0, half), g.grid(Math.ceil(out.size / WG)));
   return record(out, "geglu", [x], [x], (gradOut, [sx]) => {
-    const dx = Tensor.empty(sx.shape, "f32", "geglu-grad"); // [..., 2I]
-    const kb = g.kernel("geglu_bwd", src, { GEGLU_BWD: true, T: "f32" });
+    if (gradOut.dtype !== dtype) throw new Error(`geglu backward: an ${gradOut.dtype} gradient for an ${dtype} output`);
+    const dx = Tensor.empty(sx.shape, dtype, "geglu-grad"); // [..., 2I]
+    const kb = g.kernel("geglu_bwd", src, { GEGLU_BWD: true, ...typeDefines(dtype, false) });
     g.dispatch(kb, [sx.binding(), gradOut.binding(), dx.binding()], params(gradOut.size, 0, 0, half), g.grid(Math.ceil(gradOut.size / WG)));
     return [dx];
   });
