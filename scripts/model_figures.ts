@@ -26,7 +26,7 @@ const figures = {
   vae_psnr_db: psnr,
   l1_inside_ratio: edits.l1InsideRatio, l1_inside: edits.l1Inside, l1_outside: edits.l1Outside,
   attention_cos: edits.attentionCos, attention_cos_uniform: edits.attentionCosUniform, attention_ratio: edits.attentionCos / edits.attentionCosUniform,
-  t2i_grounding_own: grounding.own, t2i_grounding_other: grounding.other, word_cos_mean: words.mean, word_cos_max: words.max,
+  t2i_grounding_own: grounding.own, t2i_grounding_other: grounding.other, word_cos_mean: words.mean, word_cos_max: words.max, word_cos_centered: words.centeredMean,
   seconds: (performance.now() - t0) / 1000,
 };
 console.log(JSON.stringify(figures, null, 2));

@@ -67,17 +67,31 @@ export async function latentStd(m: IP2PModels, examples: readonly PretrainExampl
 
 export const CONTENT_WORDS: readonly string[] = [...Object.keys(SHAPE_COLORS), ...SHAPES];
 
-/** Pairwise cosines of the content words' final hidden states (each word encoded alone, position 1). */
-export async function wordDistinctness(m: IP2PModels): Promise<{ mean: number; max: number }> {
+/**
+ * Pairwise cosines of the content words' final hidden states (each word encoded alone, position 1):
+ * raw (E11's figure) and centred (each state minus the words' mean state, so a direction all words
+ * share does not count; what remains is what tells the words apart).
+ */
+export async function wordDistinctness(m: IP2PModels): Promise<{ mean: number; max: number; centeredMean: number }> {
   const states = await scopeAsync(async () => {
     const e = encodePrompts(m, CONTENT_WORDS).embeds; // [n, L, D]
     const [n, L, D] = e.shape;
     const all = await e.readF32();
     return Array.from({ length: n }, (_, i) => all.subarray(i * L * D + D, i * L * D + 2 * D));
   });
+  const D = states[0].length;
+  const centre = new Float32Array(D);
+  for (const st of states) for (let k = 0; k < D; k++) centre[k] += st[k] / states.length;
+  const centred = states.map((st) => st.map((v, k) => v - centre[k]));
   const cos: number[] = [];
-  for (let i = 0; i < states.length; i++) for (let j = i + 1; j < states.length; j++) cos.push(cosineSimilarity(states[i], states[j]));
-  return { mean: mean(cos), max: Math.max(...cos) };
+  const cosC: number[] = [];
+  for (let i = 0; i < states.length; i++) {
+    for (let j = i + 1; j < states.length; j++) {
+      cos.push(cosineSimilarity(states[i], states[j]));
+      cosC.push(cosineSimilarity(centred[i], centred[j]));
+    }
+  }
+  return { mean: mean(cos), max: Math.max(...cos), centeredMean: mean(cosC) };
 }
 
 /** Token positions of `words` inside the encoded `text` (first occurrence), or null. */

@@ -197,7 +197,7 @@ export async function runPretrain(dir: string, s: PretrainSettings, hooks: Pretr
     const t2iEval = async () => {
       const g = await t2iGrounding(m, heldOut, s.size);
       const w = await wordDistinctness(m);
-      return { grounding_own: g.own, grounding_other: g.other, word_cos_mean: w.mean, word_cos_max: w.max };
+      return { grounding_own: g.own, grounding_other: g.other, word_cos_mean: w.mean, word_cos_max: w.max, word_cos_centered: w.centeredMean };
     };
     const t2i = await runStage({
       ...common("t2i", [{ params: named("unet", m.unet), lrScale: 1 }, { params: named("text_encoder", m.textEncoder), lrScale: s.t2i.textLrScale }]),
