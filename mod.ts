@@ -34,6 +34,7 @@ export { writeReport } from "./src/eval/report.ts";
 export { openDataset } from "./src/io/datasets/index.ts";
 export { readImage, writePng } from "./src/io/image.ts";
 export { openSafetensors, writeSafetensors } from "./src/io/safetensors.ts";
-export { defaultModelDir, writeTinyCheckpoint } from "./src/models/tiny.ts";
+export { tinyModelDir, writeTinyCheckpoint } from "./src/models/tiny.ts";
+export { defaultModelDir } from "./src/models/default_model.ts";
 export { synthDataset } from "./src/data/synth_dataset.ts";
 export { UserError } from "./src/errors.ts";

@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { tmpdir } from "node:os";
 import { initGpu } from "../src/gpu/device.ts";
 import { synthDataset } from "../src/data/synth_dataset.ts";
-import { defaultModelDir } from "../src/models/tiny.ts";
+import { defaultModelDir } from "../src/models/default_model.ts";
 import { encodeImages, encodePrompts, guidedConditioning, guidedNoise, loadIP2P } from "../src/diffusion/pipeline.ts";
 import { openDataset } from "../src/io/datasets/index.ts";
 import { type PreparedSample, prepareSample } from "../src/rl/prepare.ts";

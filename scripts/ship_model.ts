@@ -1,8 +1,9 @@
 // Ship a trained model as the embedded default: copy a diffusers folder (e.g. RUN_DIR/model from
 // `rl4pix pretrain`) to weights/<name>/ with every weight tensor stored as F16 (the loader computes
-// in f32), and write weights/<name>.bundle.json, the same files as one JSON document that the
-// program imports (src/models/bundle.ts). The model card (weights/<name>/README.md) is written by
-// hand and is not part of the bundle.
+// in f32), write weights/<name>.bundle.json, the same files as one JSON document, and point
+// src/models/embedded.ts at it (the program's default model from then on). The model card
+// (weights/<name>/README.md) is written by hand and is not part of the bundle; add a test of the
+// shipped model's edits with it.
 // Usage: bun scripts/ship_model.ts SRC_DIR NAME
 import { cpSync, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -34,4 +35,11 @@ for (const part of ["unet", "vae", "text_encoder"]) {
 }
 if (cardText !== null) writeFileSync(card, cardText);
 writeFileSync(join(dest, "..", `${name}.bundle.json`), JSON.stringify(bundleFolder(dest, ["README.md"])) + "\n");
+writeFileSync(join(import.meta.dir, "..", "src", "models", "embedded.ts"), `// The trained model the program carries (written by scripts/ship_model.ts): weights/${name}/, as
+// weights/${name}.bundle.json (a JSON import, so Bun, Deno and the single binary all carry it).
+import type { ModelBundle } from "./bundle.ts";
+import bundle from "../../weights/${name}.bundle.json" with { type: "json" };
+
+export const EMBEDDED_MODEL: { name: string; bundle: ModelBundle } | null = { name: ${JSON.stringify(name)}, bundle: bundle as ModelBundle };
+`);
 console.log(dest);

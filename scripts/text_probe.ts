@@ -2,7 +2,7 @@
 // of the final hidden states of the real tokens, against padding, and of different words at one place.
 // Usage: bun scripts/text_probe.ts [MODEL_DIR]
 import { initGpu } from "../src/gpu/device.ts";
-import { defaultModelDir } from "../src/models/tiny.ts";
+import { defaultModelDir } from "../src/models/default_model.ts";
 import { loadIP2P, encodePrompts } from "../src/diffusion/pipeline.ts";
 await initGpu();
 const m = loadIP2P(process.argv[2] ?? (await defaultModelDir()));

@@ -1,11 +1,13 @@
 // Model bundles (src/models/bundle.ts): a folder written back from its bundle is byte-identical, the
 // hash follows content, and paths that escape the folder are refused.
 import { describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeTinyCheckpoint } from "../src/models/tiny.ts";
 import { bundleFolder, bundleHash, writeBundle } from "../src/models/bundle.ts";
+import { cachedBundle } from "../src/models/default_model.ts";
+import { checkModelFolder } from "../src/diffusion/model_folder.ts";
 
 describe("model bundles", () => {
   test("a folder round-trips byte for byte; the hash changes with any byte; README is left out when asked", () => {
@@ -29,6 +31,27 @@ describe("model bundles", () => {
       expect(bundleHash(changed)).not.toBe(h);
       expect(bundleHash(bundleFolder(back))).toBe(h);
       expect(() => writeBundle({ format: "rl4pix-bundle/1", files: { "../x": { text: "" } } }, join(work, "bad"))).toThrow(/bad path/);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+
+  test("a shipped bundle becomes a cache folder once: it loads strictly, is reused, and a damaged one is rebuilt", () => {
+    const work = mkdtempSync(join(tmpdir(), "rl4pix-bundle-"));
+    try {
+      const src = join(work, "src");
+      writeTinyCheckpoint(src, {});
+      const b = bundleFolder(src);
+      const root = join(work, "cache");
+      const dir = cachedBundle(root, "shipped", b);
+      expect(dir).toBe(join(root, `shipped-${bundleHash(b)}`));
+      checkModelFolder(dir); // every config and weight header as the loader wants them
+      const stamp = statSync(join(dir, "unet", "config.json")).mtimeMs;
+      expect(cachedBundle(root, "shipped", b)).toBe(dir);
+      expect(statSync(join(dir, "unet", "config.json")).mtimeMs).toBe(stamp); // reused, not rewritten
+      rmSync(join(dir, "vae", "diffusion_pytorch_model.safetensors"));
+      expect(cachedBundle(root, "shipped", b)).toBe(dir);
+      expect(existsSync(join(dir, "vae", "diffusion_pytorch_model.safetensors"))).toBe(true);
     } finally {
       rmSync(work, { recursive: true, force: true });
     }

@@ -10,7 +10,7 @@ import { join, resolve as resolvePath } from "node:path";
 import { useGpu } from "./helpers.ts";
 import { UserError } from "../src/errors.ts";
 import { synthDataset } from "../src/data/synth_dataset.ts";
-import { defaultModelDir, writeTinyCheckpoint } from "../src/models/tiny.ts";
+import { tinyModelDir, writeTinyCheckpoint } from "../src/models/tiny.ts";
 import { writeTinyClip } from "../src/models/tiny_clip.ts";
 import { loadIP2P, type IP2PModels } from "../src/diffusion/pipeline.ts";
 import { editImage } from "../src/diffusion/edit.ts";
@@ -58,7 +58,7 @@ async function setup() {
   ];
   const manifest = join(synthDir, "sessions.jsonl");
   writeFileSync(manifest, entries.map((e) => JSON.stringify(e)).join("\n") + "\n");
-  const modelDir = await defaultModelDir();
+  const modelDir = await tinyModelDir();
   const models = loadIP2P(modelDir);
   const clipDir = writeTinyClip(join(root, "clip"));
   prepared = { manifest, lines, modelDir, models, clipDir, clip: loadClip(clipDir) };

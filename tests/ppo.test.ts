@@ -8,7 +8,7 @@ import { ppoLoss, ppoStats } from "../src/rl/ppo.ts";
 import { Tensor, backward, noGrad, scope } from "../src/tensor/index.ts";
 import * as ops from "../src/tensor/ops/index.ts";
 import { adamW, createAdamWState } from "../src/tensor/ops/optim.ts";
-import { defaultModelDir } from "../src/models/tiny.ts";
+import { tinyModelDir } from "../src/models/tiny.ts";
 import { disposeModels, disposeTrajectory, encodeImages, encodePrompts, guidedConditioning, loadIP2P, sampleChain } from "../src/diffusion/pipeline.ts";
 import { stepLogProb } from "../src/diffusion/score.ts";
 import { initLora, loraParameters } from "../src/nn/lora.ts";
@@ -77,7 +77,7 @@ describe("clipped surrogate", () => {
 
 describe("a whole update", () => {
   test("one AdamW step on the PPO loss of a sampled chain raises the advantage-weighted log-probs", async () => {
-    const m = loadIP2P(await defaultModelDir());
+    const m = loadIP2P(await tinyModelDir());
     initLora(m.unet, 4, 7);
     const B = 4;
     const steps = 4;

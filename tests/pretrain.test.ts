@@ -5,7 +5,7 @@ import { describe, expect, test } from "bun:test";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { defaultModelDir } from "../src/models/tiny.ts";
+import { tinyModelDir } from "../src/models/tiny.ts";
 import { disposeModels, type IP2PModels, loadIP2P } from "../src/diffusion/pipeline.ts";
 import { backward, clearTape, scope, type Tensor } from "../src/tensor/index.ts";
 import { scopeAsync } from "../src/tensor/scope.ts";
@@ -42,7 +42,7 @@ async function gradientOwners(m: IP2PModels, loss: () => Tensor): Promise<{ unet
 
 describe("pretraining objectives", () => {
   test("the VAE loss reaches only the VAE, the text-to-image loss the UNet and the text encoder, the editor loss only the UNet", async () => {
-    const m = loadIP2P(await defaultModelDir());
+    const m = loadIP2P(await tinyModelDir());
     try {
       const v = await gradientOwners(m, () => vaeLoss(m, 0, 0, 2, 32, { klWeight: 1e-5 }));
       expect(v.vae.every(Boolean)).toBe(true);
@@ -60,7 +60,7 @@ describe("pretraining objectives", () => {
   });
 
   test("a step's loss is a function of (seed, step): the same step twice gives the same value, another step another", async () => {
-    const m = loadIP2P(await defaultModelDir());
+    const m = loadIP2P(await tinyModelDir());
     try {
       const value = (step: number, seed = 0) => scopeAsync(async () => await editorLoss(m, seed, step, 2, 32, { dropout: 0.05 }).item());
       const a = await value(3);
@@ -73,7 +73,7 @@ describe("pretraining objectives", () => {
   });
 
   test("training the VAE and the editor on one fixed step drives their losses down", async () => {
-    const m = loadIP2P(await defaultModelDir());
+    const m = loadIP2P(await tinyModelDir());
     try {
       for (const [name, params, loss] of [
         ["vae", m.vae.namedParameters().map(([, p]) => p.t), () => vaeLoss(m, 0, 7, 2, 32, { klWeight: 1e-5 })],
@@ -124,7 +124,7 @@ describe("held-out data and measurements", () => {
   });
 
   test("wordPositions finds an object's colour and kind tokens in a caption", async () => {
-    const m = loadIP2P(await defaultModelDir());
+    const m = loadIP2P(await tinyModelDir());
     try {
       const caption = "a red circle and a blue square on a gray background";
       const ids = m.tokenizer.encode(caption).inputIds;

@@ -10,7 +10,7 @@ import { UserError } from "../src/errors.ts";
 import { loadPipelineConfig, resolveWeightFiles, type PipelineConfig } from "../src/io/diffusers.ts";
 import { openSafetensors } from "../src/io/safetensors.ts";
 import { strictMatch } from "../src/io/state_dict.ts";
-import { DEFAULT_TINY_SPEC, defaultModelDir, tinySpecHash, writeTinyCheckpoint } from "../src/models/tiny.ts";
+import { DEFAULT_TINY_SPEC, tinyModelDir, tinySpecHash, writeTinyCheckpoint } from "../src/models/tiny.ts";
 import { CLIPTextModel } from "../src/nn/clip_text.ts";
 import type { Module } from "../src/nn/module.ts";
 import { UNet2DConditionModel } from "../src/nn/unet.ts";
@@ -251,10 +251,10 @@ describe("determinism and options", () => {
   });
 });
 
-describe("defaultModelDir", () => {
+describe("tinyModelDir", () => {
   test("materialises weights/tiny.json once and reuses it", async () => {
     const cache = join(tmp, "cache");
-    const dir = await defaultModelDir({ cacheDir: cache });
+    const dir = await tinyModelDir({ cacheDir: cache });
     expect(dir.startsWith(cache)).toBe(true);
     expect(dir).toContain(tinySpecHash(DEFAULT_TINY_SPEC).slice(0, 16));
     const cfg = loadPipelineConfig(dir);
@@ -272,14 +272,14 @@ describe("defaultModelDir", () => {
     const weights = join(dir, "unet", "diffusion_pytorch_model.safetensors");
     const before = statSync(weights).mtimeMs;
     const t0 = performance.now();
-    expect(await defaultModelDir({ cacheDir: cache })).toBe(dir);
+    expect(await tinyModelDir({ cacheDir: cache })).toBe(dir);
     expect(performance.now() - t0).toBeLessThan(100);
     expect(statSync(weights).mtimeMs).toBe(before);
     expect(readdirSync(cache)).toEqual([dir.slice(cache.length + 1)]);
 
     // A damaged cached folder is rebuilt.
     unlinkSync(join(dir, "vae", "diffusion_pytorch_model.safetensors"));
-    expect(await defaultModelDir({ cacheDir: cache })).toBe(dir);
+    expect(await tinyModelDir({ cacheDir: cache })).toBe(dir);
     expect(existsSync(join(dir, "vae", "diffusion_pytorch_model.safetensors"))).toBe(true);
     expect(readdirSync(cache)).toEqual([dir.slice(cache.length + 1)]);
   });

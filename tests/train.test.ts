@@ -6,7 +6,7 @@ import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { defaultModelDir } from "../src/models/tiny.ts";
+import { tinyModelDir } from "../src/models/tiny.ts";
 import { encodePrompts, encodeImages, guidedConditioning, loadIP2P, sampleChain, disposeModels } from "../src/diffusion/pipeline.ts";
 import { stepLogProb } from "../src/diffusion/score.ts";
 import { initLora } from "../src/nn/lora.ts";
@@ -46,7 +46,7 @@ function tmp(name: string): string {
 
 describe("log-probabilities", () => {
   test("recomputing a sampled chain's log-probs under the unchanged policy gives the sampling values", async () => {
-    const m = loadIP2P(await defaultModelDir());
+    const m = loadIP2P(await tinyModelDir());
     initLora(m.unet, 4, 7);
     // make the LoRA non-trivial so the policy differs from the base model
     for (const lin of m.unet.attentionModules().flatMap(([, a]) => a.loraTargets().map(([, l]) => l))) {
@@ -87,7 +87,7 @@ describe("runs", () => {
     try {
       await synthDataset(join(dir, "synth"), { n: 2, seed: 3, size: 32 });
       const cfg = loadConfig(undefined, [...SMALL, "num_epochs=1"]);
-      const models = loadIP2P(await defaultModelDir());
+      const models = loadIP2P(await tinyModelDir());
       const seen: { reward: number; cos: number }[] = [];
       try {
         const trainer = new Trainer(models, cfg, await openDataset(join(dir, "synth", "manifest.jsonl")), join(dir, "run"), {
@@ -207,7 +207,7 @@ describe("runs", () => {
   test("Ctrl-C (SIGINT) from outside saves a checkpoint of a finished epoch and exits 130 (tests/faults.test.ts times it exactly)", async () => {
     const d = tmp("runF");
     try {
-      await defaultModelDir(); // the child reuses the cached model
+      await tinyModelDir(); // the child reuses the cached model
       // save_freq 1000: only the interrupt can write a checkpoint.
       const sets = [...SMALL.filter((kv) => !kv.startsWith("save_freq=")), "save_freq=1000", "num_epochs=50"].flatMap((kv) => ["--set", kv]);
       const child = spawn(process.execPath, [join(import.meta.dir, "..", "cli.ts"), "train", "--out", d, ...sets], { stdio: ["ignore", "pipe", "pipe"] });

@@ -2,7 +2,7 @@
 // host (configs, weight headers, tokenizer, LoRA file) before the GPU device starts.
 import type { Command } from "commander";
 import { initGpu } from "../gpu/device.ts";
-import { defaultModelDir } from "../models/tiny.ts";
+import { defaultModelDir } from "../models/default_model.ts";
 import { type IP2PModels, loadIP2P } from "../diffusion/pipeline.ts";
 import { type CheckedModel, checkModelFolder } from "../diffusion/model_folder.ts";
 import { attachLoraLayers, checkLoraLayers } from "../nn/lora.ts";

@@ -3,7 +3,7 @@
 // then --set. The model folder is checked on the host first and the reward layers are matched against
 // its UNet, so a broken model or a layer spec the model lacks is a one-line error before anything is
 // written or the GPU starts.
-import { defaultModelDir } from "../models/tiny.ts";
+import { defaultModelDir } from "../models/default_model.ts";
 import { type CheckedModel, checkModelFolder } from "../diffusion/model_folder.ts";
 import { type Config, defaultConfig, loadConfig } from "../rl/config.ts";
 import { modelConfigDefaults } from "../rl/model_defaults.ts";

@@ -10,7 +10,7 @@ import { chooseCheckpoint, recoverInterruptedWrites, type ResumePoint, setAside 
 import { lockRunDir } from "../io/run_lock.ts";
 import { type EditDataset, openDataset } from "../io/datasets/index.ts";
 import { synthDataset } from "../data/synth_dataset.ts";
-import { defaultModelDir } from "../models/tiny.ts";
+import { defaultModelDir } from "../models/default_model.ts";
 import { loadIP2P } from "../diffusion/pipeline.ts";
 import { writeReport } from "../eval/report.ts";
 import { progressBar, type Progress } from "./progress.ts";
@@ -33,7 +33,7 @@ export async function datasetFor(cfg: Config, runDir: string): Promise<string> {
   if (cfg.model) throw new UserError("data: a training run on a real model needs a dataset (--set data=PATH: MagicBrush parquet/folder or a JSONL manifest)");
   const dir = join(runDir, "synth");
   const manifest = join(dir, "manifest.jsonl");
-  if (!existsSync(manifest)) await synthDataset(dir, { n: 64, seed: cfg.seed, size: cfg.resolution });
+  if (!existsSync(manifest)) await synthDataset(dir, { n: 64, seed: cfg.seed, size: cfg.resolution, grounded: true });
   return manifest;
 }
 

@@ -1,5 +1,5 @@
-// Tiny InstructPix2Pix checkpoints with random weights, generated on the host (no GPU), and the
-// embedded default model built from weights/tiny.json.
+// Tiny InstructPix2Pix checkpoints with random weights, generated on the host (no GPU): the random
+// tiny model of weights/tiny.json (tests, `rl4pix tiny`) and any other spec (pretraining's start).
 //
 // `writeTinyCheckpoint(dir, opts)` writes a complete diffusers pipeline folder:
 //   model_index.json                    StableDiffusionInstructPix2PixPipeline
@@ -17,7 +17,7 @@
 // 1 + noise, biases noise, embeddings N(0, std^2); the UNet's conv_out is scaled down so predicted
 // noise stays small.
 //
-// `defaultModelDir()` materialises the default model once per spec into a cache folder (written to a
+// `tinyModelDir()` materialises the random model once per spec into a cache folder (written to a
 // temporary sibling and renamed into place, so racing processes are safe) and returns its path.
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, rmSync, statSync } from "node:fs";
@@ -554,19 +554,16 @@ function cachedModel(root: string, spec: TinySpec, variants: readonly string[]):
 }
 
 /**
- * The folder of the default model (weights/tiny.json), generated on first use into the cache folder
- * (`cacheDir`, or `defaultCacheRoot()` falling back to the system temp folder when that is not
- * writable) and reused afterwards.
+ * Run `build(root)` with the first usable cache root: `cacheDir` when given, else `defaultCacheRoot()`
+ * falling back to the system temp folder when that is not writable.
  */
-export async function defaultModelDir(opts: { cacheDir?: string; variants?: readonly string[] } = {}): Promise<string> {
-  const variants = checkVariants(opts.variants ?? []);
-  const spec = DEFAULT_TINY_SPEC;
-  if (opts.cacheDir) return cachedModel(opts.cacheDir, spec, variants);
+export function inCacheRoot(cacheDir: string | undefined, build: (root: string) => string): string {
+  if (cacheDir) return build(cacheDir);
   const roots = [defaultCacheRoot(), join(tmpdir(), "rl4pix-cache")];
   let lastError: unknown = null;
   for (const root of roots) {
     try {
-      return cachedModel(root, spec, variants);
+      return build(root);
     } catch (e) {
       const code = (e as { code?: string }).code;
       const unwritable = code === "EACCES" || code === "EPERM" || code === "EROFS" || code === "ENOTDIR" ||
@@ -576,4 +573,14 @@ export async function defaultModelDir(opts: { cacheDir?: string; variants?: read
     }
   }
   throw new UserError(`cannot write the default model to ${roots.join(" or ")}: ${(lastError as Error).message}`);
+}
+
+/**
+ * The folder of the random tiny model (weights/tiny.json), generated on first use into the cache
+ * folder and reused afterwards. For tests and `rl4pix tiny`; the commands' default model is the
+ * trained one (src/models/default_model.ts).
+ */
+export async function tinyModelDir(opts: { cacheDir?: string; variants?: readonly string[] } = {}): Promise<string> {
+  const variants = checkVariants(opts.variants ?? []);
+  return inCacheRoot(opts.cacheDir, (root) => cachedModel(root, DEFAULT_TINY_SPEC, variants));
 }
