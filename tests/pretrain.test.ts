@@ -188,6 +188,16 @@ describe("rl4pix pretrain runs", () => {
       const vaeCfg = JSON.parse(readFileSync(join(whole, "model", "vae", "config.json"), "utf8"));
       expect(vaeCfg.scaling_factor).not.toBe(1); // chosen from the trained encoder's latents
 
+      // A lengthened last stage continues the run and writes the model folder again.
+      const before = modelBytes(whole).get("unet/diffusion_pytorch_model.safetensors")!;
+      expect(await runPretrain(whole, pretrainSettings(options(whole, specPath, { editorSteps: 4 })))).toBe(true);
+      expect(JSON.parse(readFileSync(join(whole, "editor", "done.json"), "utf8")).steps).toBe(4);
+      expect(Buffer.compare(before, modelBytes(whole).get("unet/diffusion_pytorch_model.safetensors")!)).not.toBe(0);
+      // Lengthening an earlier stage would change what the later ones started from: refused before
+      // anything trains (the t2i stage keeps its 3 steps).
+      await expect(runPretrain(whole, pretrainSettings(options(whole, specPath, { t2iSteps: 4, editorSteps: 4 })))).rejects.toThrow(/editor.*state\.json: written with other pretraining settings/);
+      expect(readdirSync(join(whole, "t2i")).filter((n) => n.startsWith("ckpt-")).sort().pop()).toBe("ckpt-0000003");
+
       // Other settings on the same folder: refused, naming settings.json.
       const other = pretrainSettings(options(parts, specPath, { t2iLr: 5e-4 }));
       await expect(runPretrain(parts, other)).rejects.toThrow(/settings\.json: this run was started with other settings/);

@@ -20,7 +20,7 @@ import { readParameters } from "../nn/load.ts";
 import { checkModelFolder } from "../diffusion/model_folder.ts";
 import type { Module } from "../nn/module.ts";
 import { gpu } from "../gpu/device.ts";
-import type { NamedParam } from "./checkpoint.ts";
+import { listStageCheckpoints, type NamedParam } from "./checkpoint.ts";
 import { runStage, type ParamGroup } from "./loop.ts";
 import { editorLoss, type StageName, t2iLoss, vaeLoss } from "./objectives.ts";
 import { heldOutExamples } from "./data.ts";
@@ -125,6 +125,17 @@ async function writeModelFolder(dir: string, m: IP2PModels, scalingFactor: numbe
   publishFolder(tmp, target, target);
 }
 
+/** True when `stage` finished at `steps` and its model folder was written then (a lengthened stage writes it again). */
+function stageWritten(dir: string, stage: StageName, steps: number): boolean {
+  const path = join(dir, stage, "done.json");
+  if (!existsSync(path)) return false;
+  try {
+    return (JSON.parse(readFileSync(path, "utf8")) as { steps?: number }).steps === steps;
+  } catch {
+    return false;
+  }
+}
+
 function fmt(x: number): string {
   return Number(x.toPrecision(5)).toString();
 }
@@ -147,6 +158,22 @@ export function preparePretrainDir(dir: string, s: PretrainSettings): string {
     throw new UserError(`${dir}: cannot create the run folder: ${(e as Error).message}`);
   }
   checkSettings(dir, s);
+  // A stage's checkpoints must come from these settings: lengthening an earlier stage after a later
+  // one started would change what that one started from. Checked before anything trains.
+  for (const stage of STAGES) {
+    const all = listStageCheckpoints(join(dir, stage));
+    if (all.length === 0) continue;
+    const statePath = join(all[all.length - 1][1], "state.json");
+    let hash: unknown = null;
+    try {
+      hash = (JSON.parse(readFileSync(statePath, "utf8")) as { settingsHash?: unknown }).settingsHash;
+    } catch {
+      continue; // unreadable: the stage's own resume reports it, naming the file
+    }
+    if (hash !== stageHash(s, stage)) {
+      throw new UserError(`${statePath}: written with other pretraining settings (an earlier stage's length or settings changed after the ${stage} stage started); use the same flags or a new --out folder`);
+    }
+  }
   const base = join(dir, "base");
   if (!existsSync(join(base, "model_index.json"))) writeTinyCheckpoint(base, { spec: s.spec, overwrite: true });
   checkModelFolder(base);
@@ -186,7 +213,7 @@ export async function runPretrain(dir: string, s: PretrainSettings, hooks: Pretr
     const sf = 1 / (await latentStd(m, heldOut, s.size));
     m.config.vae.scalingFactor = sf;
     const meta = { rl4pix_pretrain: sortedJson({ settings: s, version: PRETRAIN_VERSION }) };
-    if (!existsSync(join(dir, "vae", "done.json"))) {
+    if (!stageWritten(dir, "vae", vae.step)) {
       await writeModelFolder(dir, m, sf, meta);
       writeFileAtomic(join(dir, "vae", "done.json"), JSON.stringify({ steps: vae.step, scaling_factor: sf }) + "\n");
     }
@@ -205,7 +232,7 @@ export async function runPretrain(dir: string, s: PretrainSettings, hooks: Pretr
       evaluate: t2iEval,
     });
     if (!t2i.finished) return false;
-    if (!existsSync(join(dir, "t2i", "done.json"))) {
+    if (!stageWritten(dir, "t2i", t2i.step)) {
       await writeModelFolder(dir, m, sf, meta);
       writeFileAtomic(join(dir, "t2i", "done.json"), JSON.stringify({ steps: t2i.step }) + "\n");
     }
@@ -221,7 +248,7 @@ export async function runPretrain(dir: string, s: PretrainSettings, hooks: Pretr
       },
     });
     if (!editor.finished) return false;
-    if (!existsSync(join(dir, "editor", "done.json"))) {
+    if (!stageWritten(dir, "editor", editor.step)) {
       await writeModelFolder(dir, m, sf, meta);
       writeFileAtomic(join(dir, "editor", "done.json"), JSON.stringify({ steps: editor.step }) + "\n");
     }
