@@ -24,6 +24,7 @@ import { listCheckpoints, LORA_FILE } from "../src/rl/checkpoint.ts";
 import { loadLoraFile, removeLora } from "../src/nn/lora.ts";
 import { HELDOUT_SEED } from "../src/pretrain/data.ts";
 import { defaultRewardLayers } from "../src/rl/model_defaults.ts";
+import { DEMO_SETTINGS } from "../src/cli/demo.ts";
 
 const { values } = parseArgs({
   options: {
@@ -43,24 +44,8 @@ mkdirSync(out, { recursive: true });
 const seeds = values.seeds!.split(",").map(Number);
 const epochs = Number(values.epochs);
 
-// The training sampler and PPO settings (the demo's, with the paper's alpha -1).
-const SETTINGS = [
-  "resolution=32",
-  "sample.num_steps=8",
-  "sample.batch_size=8",
-  "sample.num_batches_per_epoch=1",
-  "train.batch_size=1",
-  "train.learning_rate=0.003",
-  "train.adam_beta2=0.99",
-  "train.clip_range=0.2",
-  "reward.alpha=-1",
-  "per_prompt_stat_tracking.buffer_size=16",
-  "per_prompt_stat_tracking.min_count=2",
-  "report.num_samples=2",
-  `num_epochs=${epochs}`,
-  `save_freq=${epochs}`,
-  ...values.set!,
-];
+// The demo's training sampler and PPO settings (the paper's reward), with 8 DDIM steps.
+const SETTINGS = [...DEMO_SETTINGS, "sample.num_steps=8", "report.num_samples=2", `num_epochs=${epochs}`, `save_freq=${epochs}`, ...values.set!];
 
 await initGpu();
 const trainManifest = join(out, "train", "manifest.jsonl");

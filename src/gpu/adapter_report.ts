@@ -12,8 +12,8 @@ export const WANTED_FEATURES = [
   "chromium-experimental-subgroup-matrix",
 ] as const;
 
-/** Limits that decide tile shapes, binding windows and workgroup sizes. */
-export const RELEVANT_LIMITS = [
+/** Maximum limits we request from the device: they decide tile shapes, binding windows and workgroup sizes. */
+export const REQUESTED_LIMITS = [
   "maxBufferSize",
   "maxStorageBufferBindingSize",
   "maxComputeWorkgroupStorageSize",
@@ -24,9 +24,10 @@ export const RELEVANT_LIMITS = [
   "maxComputeWorkgroupsPerDimension",
   "maxStorageBuffersPerShaderStage",
   "maxUniformBufferBindingSize",
-  "minStorageBufferOffsetAlignment",
-  "minUniformBufferOffsetAlignment",
 ] as const;
+
+/** What doctor reports: the requested limits and the binding-offset alignments. */
+export const RELEVANT_LIMITS = [...REQUESTED_LIMITS, "minStorageBufferOffsetAlignment", "minUniformBufferOffsetAlignment"] as const;
 
 /** One subgroup-matrix configuration (Dawn's GPUSubgroupMatrixConfig): C += A (M x K) · B (K x N). */
 export interface SubgroupMatrixConfig {

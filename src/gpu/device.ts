@@ -5,7 +5,7 @@ import { BufferUsage, MAP_MODE_READ } from "./constants.ts";
 import { KernelProfiler } from "./profiler.ts";
 import { type Defines, type Kernel, KernelCache } from "./kernels.ts";
 import { dawnFlagsInUse, runtimeName, webgpuEntry } from "./runtime.ts";
-import { type AdapterReport, WANTED_FEATURES, describeAdapter } from "./adapter_report.ts";
+import { type AdapterReport, REQUESTED_LIMITS, WANTED_FEATURES, describeAdapter } from "./adapter_report.ts";
 import { quietly } from "./quiet_wait.ts";
 import { quietNativeStderr } from "./native_stderr.ts";
 
@@ -336,18 +336,7 @@ async function create(opts: GpuOptions): Promise<Gpu> {
   const requiredFeatures = WANTED_FEATURES.filter((f) => adapter.features.has(f)) as GPUFeatureName[];
   const al = adapter.limits as unknown as Record<string, number>;
   const requiredLimits: Record<string, number> = {};
-  for (const k of [
-    "maxBufferSize",
-    "maxStorageBufferBindingSize",
-    "maxComputeWorkgroupStorageSize",
-    "maxComputeInvocationsPerWorkgroup",
-    "maxComputeWorkgroupSizeX",
-    "maxComputeWorkgroupSizeY",
-    "maxComputeWorkgroupSizeZ",
-    "maxComputeWorkgroupsPerDimension",
-    "maxStorageBuffersPerShaderStage",
-    "maxUniformBufferBindingSize",
-  ]) {
+  for (const k of REQUESTED_LIMITS) {
     if (typeof al[k] === "number") requiredLimits[k] = al[k];
   }
   // Sizes must stay multiples of 4; lavapipe reports 2^32 - 1.

@@ -73,6 +73,11 @@ function noisedLatents(m: IP2PModels, z0: Tensor, rng: Prng, noiseSeed: number):
   return { zt, eps, ts };
 }
 
+/** The targets' latents as the UNet learns them: the VAE's mode times the scaling factor, [B, 4, h, w]. */
+function targetLatents(m: IP2PModels, examples: readonly PretrainExample[], size: number): Tensor {
+  return noGrad(() => ops.scale(encodeImages(m, imageBatch(examples.map((e) => e.target), size)), m.config.vae.scalingFactor));
+}
+
 function mse(a: Tensor, b: Tensor): Tensor {
   const d = ops.sub(a, b);
   return ops.mean(ops.mul(d, d));
@@ -87,8 +92,7 @@ export interface T2IObjective {
 export function t2iLoss(m: IP2PModels, seed: number, step: number, batch: number, size: number, o: T2IObjective): Tensor {
   const { rng, noiseSeed } = stepStreams(seed, "t2i", step);
   const examples = batchOf(step, batch, size);
-  const sf = m.config.vae.scalingFactor;
-  const z0 = noGrad(() => ops.scale(encodeImages(m, imageBatch(examples.map((e) => e.target), size)), sf)); // [B, 4, h, w]
+  const z0 = targetLatents(m, examples, size); // [B, 4, h, w]
   const prompts = examples.map((e) => (rng.next() < o.captionDropout ? "" : e.caption));
   const { zt, eps, ts } = noisedLatents(m, z0, rng, noiseSeed);
   const embeds = promptEmbedsWithGrad(m, prompts); // [B, L, D]
@@ -105,8 +109,7 @@ export interface EditorObjective {
 export function editorLoss(m: IP2PModels, seed: number, step: number, batch: number, size: number, o: EditorObjective): Tensor {
   const { rng, noiseSeed } = stepStreams(seed, "editor", step);
   const examples = batchOf(step, batch, size);
-  const sf = m.config.vae.scalingFactor;
-  const z0 = noGrad(() => ops.scale(encodeImages(m, imageBatch(examples.map((e) => e.target), size)), sf)); // [B, 4, h, w]
+  const z0 = targetLatents(m, examples, size); // [B, 4, h, w]
   const src = noGrad(() => encodeImages(m, imageBatch(examples.map((e) => e.source), size))); // [B, 4, h, w], unscaled
   const drops = examples.map(() => {
     const r = rng.next();
