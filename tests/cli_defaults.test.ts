@@ -89,6 +89,19 @@ describe("defaults on the embedded model", () => {
     expect(existsSync(join(work, "demo", "report.html"))).toBe(true);
   });
 
+  test("pretrain, a few steps of each stage (default architecture, batch and seed)", () => {
+    const out = join(work, "pretrain");
+    const r = run("pretrain", "--out", out, "--vae-steps", "1", "--t2i-steps", "1", "--editor-steps", "1", "--eval-every", "0", "--held-out", "2");
+    expect(r.code).toBe(0);
+    // stderr holds only the stages' progress lines (no warnings, no stack traces)
+    for (const line of r.err.trim().split("\n")) expect(line).toMatch(/^(vae|t2i|editor)[ :]/);
+    expect(r.out.trim()).toBe(join(out, "model"));
+    for (const stage of ["vae", "t2i", "editor"]) expect(JSON.parse(readFileSync(join(out, stage, "done.json"), "utf8")).steps).toBe(1);
+    const vae = JSON.parse(readFileSync(join(out, "model", "vae", "config.json"), "utf8"));
+    expect(vae.scaling_factor).not.toBe(1); // measured from the trained encoder
+    expect(JSON.parse(readFileSync(join(out, "settings.json"), "utf8")).batch).toBe(16);
+  });
+
   test("tokenize, metrics, pretrain --help, help", () => {
     const t = run("tokenize", "make it snowy", "--json");
     expect(t.code).toBe(0);
