@@ -14,12 +14,12 @@ import { parseArgs } from "node:util";
 import { initGpu, destroyGpu } from "../src/gpu/device.ts";
 import { synthDataset } from "../src/data/synth_dataset.ts";
 import { loadIP2P, type IP2PModels } from "../src/diffusion/pipeline.ts";
-import { editImage } from "../src/diffusion/edit.ts";
 import { openDataset } from "../src/io/datasets/index.ts";
 import { loadConfig, type Config } from "../src/rl/config.ts";
 import { Trainer, rewardLayers } from "../src/rl/trainer.ts";
 import { prepareSample, type PreparedSample } from "../src/rl/prepare.ts";
 import { instructReward } from "../src/rl/reward.ts";
+import { evaluateAttention, pairedDifference } from "../src/rl/attention_eval.ts";
 import { listCheckpoints, LORA_FILE } from "../src/rl/checkpoint.ts";
 import { loadLoraFile, removeLora } from "../src/nn/lora.ts";
 import { HELDOUT_SEED } from "../src/pretrain/data.ts";
@@ -63,31 +63,9 @@ const held: PreparedSample[] = [];
 for await (const s of (await openDataset(heldManifest)).samples()) held.push(await prepareSample(s, cfg0.resolution, mapSide));
 const evalSeeds = Array.from({ length: Number(values["eval-seeds"]) }, (_, i) => 1000 + i);
 
-/** attention_cos per (held-out edit, seed) under the training sampler. */
+/** attention_cos per (held-out edit, seed) under the training sampler (evaluateAttention's values). */
 async function heldOutCos(m: IP2PModels, cfg: Config): Promise<number[]> {
-  const cos: number[] = [];
-  for (const s of held) {
-    for (const seed of evalSeeds) {
-      const r = await editImage(m, { width: s.size, height: s.size, channels: 3, data: s.source }, s.instruction, {
-        steps: cfg.sample.num_steps,
-        guidance: { text: cfg.sample.guidance_scale, image: cfg.sample.image_guidance_scale },
-        eta: cfg.sample.eta,
-        seed,
-        attentionLayers: layers.map((l) => l.path).join(","),
-      });
-      cos.push(instructReward(r.attention!.map, s.aGt, s.source, r.image.data, cfg.reward.alpha, cfg.reward.tau).cos);
-    }
-  }
-  return cos;
-}
-
-function paired(after: number[], before: number[]) {
-  const d = after.map((a, i) => a - before[i]);
-  const n = d.length;
-  const mean = d.reduce((a, b) => a + b, 0) / n;
-  const sd = Math.sqrt(d.reduce((a, b) => a + (b - mean) ** 2, 0) / (n - 1));
-  const se = sd / Math.sqrt(n);
-  return { mean, se, t: mean / se, n };
+  return (await evaluateAttention(m, cfg, layers, held, evalSeeds)).values;
 }
 
 const t0 = performance.now();
@@ -112,7 +90,8 @@ for (const seed of seeds) {
     loadLoraFile(models.unet, join(ck[ck.length - 1][1], LORA_FILE));
     const after = await heldOutCos(models, cfg);
     removeLora(models.unet);
-    const p = paired(after, before);
+    const d = pairedDifference(after, before);
+    const p = { mean: d.mean, se: d.stderr, t: d.mean / d.stderr, n: d.n };
     const row = { run: name, seed, reward: sign > 0 ? "paper" : "negated (control)", epochs: history.length, train_reward_first: history[0]?.reward_mean, train_reward_last: history[history.length - 1]?.reward_mean, cos_after: after.reduce((a, b) => a + b, 0) / after.length, diff_mean: p.mean, diff_se: p.se, t: p.t, n: p.n };
     rows.push(row);
     console.log(`${name}: after ${row.cos_after.toFixed(4)}, paired diff ${p.mean.toFixed(4)} ± ${p.se.toFixed(4)} (t ${p.t.toFixed(2)}, n ${p.n}) (${((performance.now() - t0) / 1000).toFixed(0)} s)`);

@@ -16,6 +16,7 @@ import { Tensor, noGrad } from "../tensor/index.ts";
 import { scopeAsync } from "../tensor/scope.ts";
 import * as ops from "../tensor/ops/index.ts";
 import { cosineSimilarity } from "../rl/reward.ts";
+import { psnr } from "../eval/metrics.ts";
 import { SHAPE_COLORS, SHAPES } from "../data/synth.ts";
 import { mixSeeds } from "../data/prng.ts";
 import { imageBatch } from "./objectives.ts";
@@ -40,11 +41,7 @@ export async function vaePsnr(m: IP2PModels, examples: readonly PretrainExample[
       return await r.readF32();
     });
     const n = 3 * size * size;
-    chunk.forEach((img, j) => {
-      let se = 0;
-      for (let k = 0; k < n; k++) se += (out[j * n + k] - img[k]) ** 2;
-      psnrs.push(10 * Math.log10(1 / Math.max(se / n, 1e-12)));
-    });
+    chunk.forEach((img, j) => psnrs.push(psnr({ width: size, height: size, data: out.subarray(j * n, (j + 1) * n) }, { width: size, height: size, data: img })));
   }
   return mean(psnrs);
 }
