@@ -10,7 +10,7 @@ import { disposeModels, type IP2PModels, loadIP2P } from "../src/diffusion/pipel
 import { backward, clearTape, scope, type Tensor } from "../src/tensor/index.ts";
 import { scopeAsync } from "../src/tensor/scope.ts";
 import { adamW, createAdamWState } from "../src/tensor/ops/optim.ts";
-import { editorLoss, t2iLoss, vaeLoss } from "../src/pretrain/objectives.ts";
+import { editorLoss, stepStreams, t2iLoss, timestepWeights, vaeLoss } from "../src/pretrain/objectives.ts";
 import { heldOutExamples, maskToMap, trainExample } from "../src/pretrain/data.ts";
 import { wordPositions } from "../src/pretrain/evaluate.ts";
 import { preparePretrainDir, runPretrain } from "../src/pretrain/run.ts";
@@ -67,6 +67,34 @@ describe("pretraining objectives", () => {
       expect(await value(3)).toBe(a);
       expect(await value(4)).not.toBe(a);
       expect(await value(3, 1)).not.toBe(a);
+    } finally {
+      disposeModels(m);
+    }
+  });
+
+  test("the v weighting scales a step's noise loss by 1/alphabar_t over its mean (alphabar from the scaled-linear betas, computed here)", async () => {
+    // SD's schedule: betas linear in sqrt between 0.00085 and 0.012 over 1000 steps.
+    const abar: number[] = [];
+    let acc = 1;
+    for (let t = 0; t < 1000; t++) {
+      const b = (Math.sqrt(0.00085) + (t / 999) * (Math.sqrt(0.012) - Math.sqrt(0.00085))) ** 2;
+      acc *= 1 - b;
+      abar.push(acc);
+    }
+    const meanInv = abar.reduce((a, x) => a + 1 / x, 0) / 1000;
+    const w = timestepWeights(Float32Array.from(abar), "v");
+    for (const t of [0, 500, 950, 999]) expect(w[t]).toBeCloseTo(1 / abar[t] / meanInv, 5);
+    expect(Array.from(timestepWeights(Float32Array.from(abar), "eps")).every((x) => x === 1)).toBe(true);
+    const m = loadIP2P(await tinyModelDir());
+    try {
+      for (const step of [0, 5]) {
+        const value = (weighting: "eps" | "v") => scopeAsync(async () => await editorLoss(m, 0, step, 1, 32, { dropout: 0.05, weighting }).item());
+        // The one example's timestep: the step's stream draws the dropout first, then t.
+        const rng = stepStreams(0, "editor", step).rng;
+        rng.next();
+        const t = Math.min(999, Math.floor(rng.next() * 1000));
+        expect((await value("v")) / (await value("eps"))).toBeCloseTo(1 / abar[t] / meanInv, 3);
+      }
     } finally {
       disposeModels(m);
     }
@@ -215,6 +243,35 @@ describe("rl4pix pretrain runs", () => {
       }
       expect(err).toBeInstanceOf(UserError);
       expect((err as Error).message).toContain(newest);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+
+  test("a stage that has not started may take other settings; once started, it may not", async () => {
+    const work = mkdtempSync(join(tmpdir(), "rl4pix-pretrain-"));
+    try {
+      const specPath = join(work, "spec.json");
+      const spec = JSON.parse(readFileSync(join(import.meta.dir, "..", "configs", "editor-tiny.json"), "utf8"));
+      spec.unet = { ...spec.unet, block_out_channels: [16, 32], cross_attention_dim: 32, attention_head_dim: 2 };
+      spec.text_encoder = { ...spec.text_encoder, hidden_size: 32, intermediate_size: 64, projection_dim: 32 };
+      spec.vae = { ...spec.vae, block_out_channels: [8, 16] };
+      writeFileSync(specPath, JSON.stringify(spec));
+      const dir = join(work, "run");
+      // Defaults stay out of the settings (runs made before the editor options existed still match).
+      const plain = pretrainSettings(options(dir, specPath, { vaeSteps: 2, t2iSteps: 2, editorSteps: 0 }));
+      expect("batch" in plain.editor || "weighting" in plain.editor).toBe(false);
+      expect(await runPretrain(dir, plain)).toBe(true); // the editor stage has 0 steps: not started
+      const editor = pretrainSettings(options(dir, specPath, { vaeSteps: 2, t2iSteps: 2, editorSteps: 2, editorLr: 5e-4, editorBatch: 4, editorLoss: "v" }));
+      expect(editor.editor).toEqual({ steps: 2, lr: 5e-4, dropout: 0.05, batch: 4, weighting: "v" });
+      expect(await runPretrain(dir, editor)).toBe(true);
+      expect(JSON.parse(readFileSync(join(dir, "settings.json"), "utf8")).editor.weighting).toBe("v");
+      const again = pretrainSettings(options(dir, specPath, { vaeSteps: 2, t2iSteps: 2, editorSteps: 3, editorLr: 1e-3, editorBatch: 4, editorLoss: "v" }));
+      await expect(runPretrain(dir, again)).rejects.toThrow(/settings\.json: this run was started with other settings/);
+      // and the text-to-image stage, which has run, keeps its settings
+      const t2i = pretrainSettings(options(dir, specPath, { vaeSteps: 2, t2iSteps: 2, t2iLr: 5e-4, editorSteps: 2, editorLr: 5e-4, editorBatch: 4, editorLoss: "v" }));
+      await expect(runPretrain(dir, t2i)).rejects.toThrow(/settings\.json: this run was started with other settings/);
+      expect(() => pretrainSettings(options(dir, specPath, { editorLoss: "x0" }))).toThrow(/--editor-loss: must be eps or v/);
     } finally {
       rmSync(work, { recursive: true, force: true });
     }

@@ -23,6 +23,8 @@ export interface PretrainOptions {
   vaeLr: number;
   t2iLr: number;
   editorLr: number;
+  editorBatch?: number;
+  editorLoss?: string;
   textLrScale: number;
   evalEvery: number;
   heldOut: number;
@@ -46,6 +48,8 @@ function readSpec(path?: string): TinySpec {
 export function pretrainSettings(o: PretrainOptions): PretrainSettings {
   const spec = readSpec(o.spec);
   if (o.batch % 2 !== 0) throw new UserError(`--batch: must be even (the VAE stage pairs sources and targets), got ${o.batch}`);
+  const editorLoss = o.editorLoss ?? "eps";
+  if (editorLoss !== "eps" && editorLoss !== "v") throw new UserError(`--editor-loss: must be eps or v, got '${editorLoss}'`);
   return {
     spec,
     size: o.size,
@@ -53,7 +57,14 @@ export function pretrainSettings(o: PretrainOptions): PretrainSettings {
     seed: o.seed,
     vae: { steps: o.vaeSteps, lr: o.vaeLr, klWeight: 1e-5 },
     t2i: { steps: o.t2iSteps, lr: o.t2iLr, textLrScale: o.textLrScale, captionDropout: 0.1 },
-    editor: { steps: o.editorSteps, lr: o.editorLr, dropout: 0.05 },
+    // Defaults are left out of the settings, so runs made before these options existed still match.
+    editor: {
+      steps: o.editorSteps,
+      lr: o.editorLr,
+      dropout: 0.05,
+      ...(o.editorBatch !== undefined && o.editorBatch !== o.batch ? { batch: o.editorBatch } : {}),
+      ...(editorLoss !== "eps" ? { weighting: editorLoss } : {}),
+    },
     warmupSteps: 100,
     weightDecay: 0.01,
     maxGradNorm: 1,
@@ -104,6 +115,8 @@ export function register(program: Command): void {
     .option("--vae-lr <x>", "VAE learning rate", num("--vae-lr", 0, 1), 1e-3)
     .option("--t2i-lr <x>", "text-to-image learning rate", num("--t2i-lr", 0, 1), 1e-3)
     .option("--editor-lr <x>", "editor learning rate", num("--editor-lr", 0, 1), 5e-4)
+    .option("--editor-batch <n>", "examples per editor step (default: --batch)", num("--editor-batch", 1, 4096, true))
+    .option("--editor-loss <w>", "editor loss weighting over timesteps: eps (plain noise loss) or v (the v-prediction loss's weights, 1/alphā_t)", "eps")
     .option("--text-lr-scale <x>", "text encoder learning rate / UNet's in the text-to-image stage", num("--text-lr-scale", 0, 10), 0.5)
     .option("--eval-every <n>", "held-out evaluation every N steps", num("--eval-every", 0, 1e7, true), 500)
     .option("--held-out <n>", "held-out examples in the periodic evaluations", num("--held-out", 1, 4096, true), 32)

@@ -83,6 +83,13 @@ function mse(a: Tensor, b: Tensor): Tensor {
   return ops.mean(ops.mul(d, d));
 }
 
+/** mean_b w_b · mean((a_b − b_b)²) for per-sample weights w [B]. */
+function weightedMse(a: Tensor, b: Tensor, w: readonly number[]): Tensor {
+  const d = ops.sub(a, b);
+  const wt = Tensor.from(w, [w.length, 1, 1, 1], "f32"); // [B, 1, 1, 1]
+  return ops.mean(ops.mul(ops.mul(d, d), wt));
+}
+
 export interface T2IObjective {
   /** Probability of training a caption as the empty prompt (classifier-free guidance). */
   captionDropout: number;
@@ -103,6 +110,22 @@ export function t2iLoss(m: IP2PModels, seed: number, step: number, batch: number
 export interface EditorObjective {
   /** Probability of each of: instruction dropped, image dropped, both dropped (IP2P: 0.05). */
   dropout: number;
+  /**
+   * Timestep weighting of the noise-prediction loss: "eps" (plain, uniform) or "v" (the
+   * v-prediction loss written on the noise: weight 1/ᾱ_t, divided by its mean over t so the loss
+   * keeps its scale). "v" makes the noisiest steps, where the noise loss hardly depends on z0 but
+   * sampling decides the layout, count as much as x0's error there.
+   */
+  weighting?: "eps" | "v";
+}
+
+/** Per-timestep loss weights of `weighting` over t = 0 … T-1 (mean 1). */
+export function timestepWeights(alphasCumprod: Float64Array | Float32Array | readonly number[], weighting: "eps" | "v"): Float64Array {
+  const T = alphasCumprod.length;
+  const w = new Float64Array(T);
+  for (let t = 0; t < T; t++) w[t] = weighting === "v" ? 1 / alphasCumprod[t] : 1;
+  const mean = w.reduce((a, b) => a + b, 0) / T;
+  return w.map((x) => x / mean);
 }
 
 /** InstructPix2Pix loss; the text encoder is frozen (as IP2P keeps CLIP frozen). */
@@ -120,5 +143,7 @@ export function editorLoss(m: IP2PModels, seed: number, step: number, batch: num
   const embeds = encodePrompts(m, prompts).embeds; // [B, L, D]
   const keep = Tensor.from(drops.map((d) => (d.image ? 0 : 1)), [examples.length, 1, 1, 1], "f32");
   const pred = m.unet.forward(ops.concat([zt, ops.mul(src, keep)], 1), ts, embeds); // [B, 4, h, w]
-  return mse(pred, eps);
+  if ((o.weighting ?? "eps") === "eps") return mse(pred, eps);
+  const w = timestepWeights(m.scheduler.alphasCumprod, o.weighting!);
+  return weightedMse(pred, eps, ts.map((t) => w[t]));
 }

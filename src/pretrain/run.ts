@@ -38,7 +38,11 @@ export interface PretrainSettings {
   seed: number;
   vae: { steps: number; lr: number; klWeight: number };
   t2i: { steps: number; lr: number; textLrScale: number; captionDropout: number };
-  editor: { steps: number; lr: number; dropout: number };
+  /**
+   * batch: the editor's own batch (absent: `batch`); weighting: the loss's timestep weighting
+   * (absent: "eps", see EditorObjective). Absent fields keep older runs' settings and hashes valid.
+   */
+  editor: { steps: number; lr: number; dropout: number; batch?: number; weighting?: "eps" | "v" };
   warmupSteps: number;
   weightDecay: number;
   maxGradNorm: number;
@@ -94,8 +98,12 @@ function checkSettings(dir: string, s: PretrainSettings): void {
   } catch (e) {
     throw new UserError(`${path}: unreadable (${(e as Error).message})`);
   }
-  // Stage lengths may grow (a longer run continues the same one); anything else must match.
-  const strip = (x: PretrainSettings) => sortedJson({ ...x, vae: { ...x.vae, steps: 0 }, t2i: { ...x.t2i, steps: 0 }, editor: { ...x.editor, steps: 0 }, evalEvery: 0, heldOut: 0, evalSampleSteps: 0, checkpointEvery: 0 });
+  // Stage lengths may grow (a longer run continues the same one), and a stage that has not started
+  // may take other settings (say, the editor's learning rate once the first two stages are done);
+  // anything else must match.
+  const started = (stage: StageName) => listStageCheckpoints(join(dir, stage)).length > 0;
+  const own = (x: PretrainSettings, stage: StageName) => (started(stage) ? { ...x[stage], steps: 0 } : null);
+  const strip = (x: PretrainSettings) => sortedJson({ ...x, vae: own(x, "vae"), t2i: own(x, "t2i"), editor: own(x, "editor"), evalEvery: 0, heldOut: 0, evalSampleSteps: 0, checkpointEvery: 0 });
   if (strip(saved) !== strip(s)) throw new UserError(`${path}: this run was started with other settings; use the same flags or a new --out folder`);
   writeFileAtomic(path, text);
 }
@@ -241,7 +249,7 @@ export async function runPretrain(dir: string, s: PretrainSettings, hooks: Pretr
     const sampler = { steps: s.evalSampleSteps, textGuidance: 7.5, imageGuidance: 1.5 };
     const editor = await runStage({
       ...common("editor", [{ params: named("unet", m.unet), lrScale: 1 }]),
-      loss: (step) => editorLoss(m, s.seed, step, s.batch, s.size, { dropout: s.editor.dropout }),
+      loss: (step) => editorLoss(m, s.seed, step, s.editor.batch ?? s.batch, s.size, { dropout: s.editor.dropout, weighting: s.editor.weighting }),
       evaluate: async () => {
         const e = await editMetrics(m, heldOut.slice(0, Math.min(16, heldOut.length)), s.size, sampler);
         return { l1_inside_ratio: e.l1InsideRatio, l1_outside: e.l1Outside, attention_cos: e.attentionCos, attention_cos_uniform: e.attentionCosUniform };
