@@ -23,23 +23,8 @@ DEADLINE=$(( $(date +%s) + ${BUDGET:-520} ))
 want() { [[ " ${STEPS:-tests cublas kernels unet train runs} " == *" $1 "* ]]; }
 tmo() { local t=$1 l=$(( DEADLINE - $(date +%s) - 20 )); (( l < t )) && t=$l; (( t < 1 )) && t=1; echo "$t"; }
 
-step set-up
-for p in libvulkan1 libglvnd0 libegl1 libgl1 libglx0 libopengl0 libgles2; do
-  ls .gl/"${p}"_*.deb >/dev/null 2>&1 || echo "WARNING: .gl has no $p .deb (run scripts/device-prepare.sh and carry .gl)"
-done
-for f in .gl/*.deb; do dpkg -x "$f" /; done
-ldconfig
-mkdir -p /tmp/bunbin && xz -dc .devrun/bun.xz > /tmp/bunbin/bun && chmod +x /tmp/bunbin/bun
-tar -xJf .devrun/nm.tar.xz
-export PATH=/tmp/bunbin:$PATH RL4PIX_CACHE_DIR=/tmp/rl4pix-cache
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv | tee "$R/nvidia-smi.txt"
-
-step doctor
-if ! bun cli.ts doctor > "$R/doctor.txt" 2>&1; then
-  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-  bun cli.ts doctor > "$R/doctor.txt" 2>&1 || { cat "$R/doctor.txt"; tar -C "$R" -czf "$OUTDIR/all.tgz" .; exit 2; }
-fi
-cat "$R/doctor.txt"
+step set-up and doctor
+source scripts/device-setup.sh || { tar -C "$R" -czf "$OUTDIR/all.tgz" .; exit 2; }
 # What the adapter adds with Dawn's unsafe APIs (the subgroup-matrix feature and its configurations).
 RL4PIX_DAWN_FLAGS=enable-dawn-features=allow_unsafe_apis timeout $(tmo 60) bun cli.ts doctor > "$R/doctor-unsafe.txt" 2>&1
 echo "doctor with allow_unsafe_apis rc=$?"

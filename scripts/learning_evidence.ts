@@ -78,6 +78,7 @@ for (const seed of seeds) {
     const name = `${sign > 0 ? "paper" : "negated"}-seed${seed}`;
     const dir = join(out, "runs", name);
     const cfg = configFor(seed, dir);
+    mkdirSync(dir, { recursive: true });
     const trainer = new Trainer(models, cfg, await openDataset(trainManifest), dir, {
       reward: (x) => {
         const p = instructReward(x.attentionMap, x.sample.aGt, x.sample.source, x.output, cfg.reward.alpha, cfg.reward.tau);

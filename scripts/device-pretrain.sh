@@ -1,0 +1,94 @@
+#!/bin/bash
+# Pretraining runs side by side on a lent GPU machine (no network there), each an ordinary
+# `rl4pix pretrain` command, stopped with --max-seconds so that all of them checkpoint before the
+# lease's command limit; the results come back as at most 8 files (the lease's limit):
+#   NAME.tgz       per run: its log, settings.json, each stage's metrics.jsonl and done.json, and
+#                  model/ when the editor finished, else the newest checkpoint of each stage it trained
+#   NAME-ckpt.tgz  the newest editor checkpoint (weights + AdamW moments: resumable exactly) of the
+#                  two runs with the lowest held-out L1 outside the mask, and of no other
+#   logs.tgz       nvidia-smi, doctor, every run's log
+# Prepare and carry as for scripts/device-check.sh (scripts/device-prepare.sh: .gl .devrun).
+# Usage there: bash scripts/device-pretrain.sh "$OUT"
+#   RUNS    lines "NAME|START|FLAGS": START is a run folder to copy and continue (the flags may change
+#           the settings of stages it has not started) or "-" for a new run
+#   BUDGET  seconds for the whole script (default 540); PACK seconds kept for packing (default 50)
+# SKIP_SETUP=1 runs it here on lavapipe (for trying the script with short RUNS).
+set -u
+OUTDIR=${1:?usage: device-pretrain.sh OUTDIR}
+R=/tmp/devpretrain
+rm -rf "$R" && mkdir -p "$R/runs"
+START=$(date +%s)
+BUDGET=${BUDGET:-540}
+step() { echo "== $(date +%T) $*"; }
+pack_logs() { tar -C "$R" -czf "$OUTDIR/logs.tgz" --exclude=runs/*/* . ; }
+
+step set-up and doctor
+if [ "${SKIP_SETUP:-}" = 1 ]; then
+  export PATH=$PWD/node_modules/.bin:$PATH
+else
+  source scripts/device-setup.sh || { pack_logs; exit 2; }
+fi
+
+E="--vae-steps 1000 --t2i-steps 1500 --editor-batch 64 --eval-every 500"
+RUNS=${RUNS:-"eps-lr5e-4|checkpoints/editor-tiny|$E --editor-steps 2000 --editor-lr 5e-4
+v-lr5e-4|checkpoints/editor-tiny|$E --editor-steps 2000 --editor-lr 5e-4 --editor-loss v
+v-lr1e-3|checkpoints/editor-tiny|$E --editor-steps 2000 --editor-lr 1e-3 --editor-loss v
+eps-lr1e-3|checkpoints/editor-tiny|$E --editor-steps 2000 --editor-lr 1e-3
+scratch-b64|-|--batch 64 --vae-steps 3000 --t2i-steps 3000 --editor-steps 3000 --eval-every 500"}
+MAXS=$(( START + BUDGET - ${PACK:-50} - $(date +%s) ))
+step "runs (each stops after $MAXS s)"
+names=()
+while IFS='|' read -r name from flags; do
+  [ -z "$name" ] && continue
+  names+=("$name")
+  d=$R/runs/$name
+  if [ "$from" != - ]; then
+    mkdir -p "$d" && cp -r "$from"/. "$d"/ && rm -f "$d"/*.jsonl "$d/README.md"
+    for st in vae t2i editor; do [ -f "$d/$st/done.json" ] && touch "$d/$st/copied"; done
+  fi
+  # shellcheck disable=SC2086
+  ( bun cli.ts pretrain --out "$d" $flags --max-seconds "$MAXS" > "$R/runs/$name.log" 2>&1; echo "rc=$?" >> "$R/runs/$name.log" ) &
+done <<< "$RUNS"
+wait
+
+step results
+for n in "${names[@]}"; do
+  echo "-- $n: $(tail -1 "$R/runs/$n.log")"
+  for st in vae t2i editor; do
+    f="$R/runs/$n/$st/metrics.jsonl"
+    [ -f "$f" ] && ! [ -f "$R/runs/$n/$st/copied" ] || continue
+    echo "$st:"; grep -E '"(psnr|grounding_own|l1_outside)"' "$f" | cut -c1-330 | tail -5
+  done
+done
+
+step pack
+best=$(for n in "${names[@]}"; do
+  f="$R/runs/$n/editor/metrics.jsonl"
+  [ -f "$f" ] || continue
+  v=$(grep l1_outside "$f" | tail -1 | sed -E 's/.*"l1_outside":([0-9.e-]+).*/\1/')
+  [ -n "$v" ] && echo "$v $n"
+done | sort -g | head -2 | cut -d' ' -f2)
+for n in "${names[@]}"; do
+  d=$R/runs/$n
+  cp "$R/runs/$n.log" "$d/run.log"
+  items=(run.log settings.json)
+  for st in vae t2i editor; do
+    [ -d "$d/$st" ] || continue
+    items+=($(cd "$d" && ls -d $st/metrics.jsonl $st/done.json 2>/dev/null))
+    # a stage copied in finished (its checkpoint is already at home): only the stages trained here
+    [ -f "$d/$st/copied" ] && continue
+    newest=$(cd "$d" && ls -d $st/ckpt-* 2>/dev/null | tail -1)
+    [ -n "$newest" ] && ! [ -f "$d/editor/done.json" ] && items+=("$newest")
+  done
+  [ -f "$d/editor/done.json" ] && items+=(model)
+  tar -C "$d" -czf "$OUTDIR/$n.tgz" "${items[@]}"
+done
+for n in $best; do # finished runs' editor checkpoints (unfinished ones are in NAME.tgz already)
+  d=$R/runs/$n
+  [ -f "$d/editor/done.json" ] || continue
+  newest=$(cd "$d" && ls -d editor/ckpt-* 2>/dev/null | tail -1)
+  [ -n "$newest" ] && tar -C "$d" -czf "$OUTDIR/$n-ckpt.tgz" settings.json "$newest"
+done
+pack_logs
+ls -la "$OUTDIR"
+echo "elapsed $(( $(date +%s) - START )) s"
