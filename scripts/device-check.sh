@@ -26,15 +26,18 @@ tmo() { local t=$1 l=$(( DEADLINE - $(date +%s) - 20 )); (( l < t )) && t=$l; ((
 step set-up and doctor
 source scripts/device-setup.sh || { tar -C "$R" -czf "$OUTDIR/all.tgz" .; exit 2; }
 # What the adapter adds with Dawn's unsafe APIs (the subgroup-matrix feature and its configurations).
-RL4PIX_DAWN_FLAGS=enable-dawn-features=allow_unsafe_apis timeout $(tmo 60) bun cli.ts doctor > "$R/doctor-unsafe.txt" 2>&1
-echo "doctor with allow_unsafe_apis rc=$?"
+# Dawn blocklists shader-f16 on NVIDIA's Vulkan driver (driver bugs; the 2026-12-04 H200 doctor
+# listed "shader-f16 no"); its toggle vulkan_enable_f16_on_nvidia lifts that, at the driver's risk.
+RL4PIX_DAWN_FLAGS=enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia timeout $(tmo 60) bun cli.ts doctor > "$R/doctor-unsafe.txt" 2>&1
+echo "doctor with allow_unsafe_apis,vulkan_enable_f16_on_nvidia rc=$?"
 grep -E "^(dawn flags|wanted|subgroups|sg matrix|device) " "$R/doctor-unsafe.txt"
 
 if want tests; then
 step kernel tests
 # TESTS: the test files (default: every kernel family's; the golden checks need ../shared, absent there).
 # tests/matmul_f16.test.ts and tests/elementwise_f16.test.ts (f16 activations) need shader-f16, which
-# the H200's Dawn does not offer: add them by TESTS= on a GPU whose doctor lists shader-f16.
+# the H200's Dawn does not offer by default (see above): add them by TESTS= (with RL4PIX_DAWN_FLAGS
+# set as above) where a doctor lists shader-f16.
 TESTS=${TESTS:-tests/matmul.test.ts tests/conv.test.ts tests/attention.test.ts tests/norm.test.ts tests/elementwise.test.ts \
   tests/layout.test.ts tests/embedding.test.ts tests/random.test.ts tests/optim.test.ts tests/cast.test.ts tests/runtime.test.ts \
   tests/adapter_report.test.ts tests/torch_cuda.test.ts}
