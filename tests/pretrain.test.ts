@@ -258,8 +258,10 @@ describe("rl4pix pretrain runs", () => {
       spec.vae = { ...spec.vae, block_out_channels: [8, 16] };
       writeFileSync(specPath, JSON.stringify(spec));
       const dir = join(work, "run");
-      // Defaults stay out of the settings (runs made before the editor options existed still match).
-      const plain = pretrainSettings(options(dir, specPath, { vaeSteps: 2, t2iSteps: 2, editorSteps: 0 }));
+      // The editor batch equal to --batch and the eps weighting stay out of the settings (runs made
+      // before the editor options existed still match); v is the default.
+      expect(pretrainSettings(options(dir, specPath)).editor.weighting).toBe("v");
+      const plain = pretrainSettings(options(dir, specPath, { vaeSteps: 2, t2iSteps: 2, editorSteps: 0, editorBatch: 2, editorLoss: "eps" }));
       expect("batch" in plain.editor || "weighting" in plain.editor).toBe(false);
       expect(await runPretrain(dir, plain)).toBe(true); // the editor stage has 0 steps: not started
       const editor = pretrainSettings(options(dir, specPath, { vaeSteps: 2, t2iSteps: 2, editorSteps: 2, editorLr: 5e-4, editorBatch: 4, editorLoss: "v" }));

@@ -48,7 +48,7 @@ function readSpec(path?: string): TinySpec {
 export function pretrainSettings(o: PretrainOptions): PretrainSettings {
   const spec = readSpec(o.spec);
   if (o.batch % 2 !== 0) throw new UserError(`--batch: must be even (the VAE stage pairs sources and targets), got ${o.batch}`);
-  const editorLoss = o.editorLoss ?? "eps";
+  const editorLoss = o.editorLoss ?? "v";
   if (editorLoss !== "eps" && editorLoss !== "v") throw new UserError(`--editor-loss: must be eps or v, got '${editorLoss}'`);
   return {
     spec,
@@ -57,7 +57,8 @@ export function pretrainSettings(o: PretrainOptions): PretrainSettings {
     seed: o.seed,
     vae: { steps: o.vaeSteps, lr: o.vaeLr, klWeight: 1e-5 },
     t2i: { steps: o.t2iSteps, lr: o.t2iLr, textLrScale: o.textLrScale, captionDropout: 0.1 },
-    // Defaults are left out of the settings, so runs made before these options existed still match.
+    // The editor batch when it is --batch, and the eps weighting, are left out of the settings: runs
+    // made before these options existed (eps, one batch) still match.
     editor: {
       steps: o.editorSteps,
       lr: o.editorLr,
@@ -114,9 +115,9 @@ export function register(program: Command): void {
     .option("--editor-steps <n>", "InstructPix2Pix steps", num("--editor-steps", 0, 1e7, true), 2000)
     .option("--vae-lr <x>", "VAE learning rate", num("--vae-lr", 0, 1), 1e-3)
     .option("--t2i-lr <x>", "text-to-image learning rate", num("--t2i-lr", 0, 1), 1e-3)
-    .option("--editor-lr <x>", "editor learning rate", num("--editor-lr", 0, 1), 5e-4)
+    .option("--editor-lr <x>", "editor learning rate", num("--editor-lr", 0, 1), 1e-3)
     .option("--editor-batch <n>", "examples per editor step (default: --batch)", num("--editor-batch", 1, 4096, true))
-    .option("--editor-loss <w>", "editor loss weighting over timesteps: eps (plain noise loss) or v (the v-prediction loss's weights, 1/alphā_t)", "eps")
+    .option("--editor-loss <w>", "editor loss weighting over timesteps: v (the v-prediction loss's weights, 1/alphā_t: the editor keeps the source far sooner) or eps (the plain noise loss)", "v")
     .option("--text-lr-scale <x>", "text encoder learning rate / UNet's in the text-to-image stage", num("--text-lr-scale", 0, 10), 0.5)
     .option("--eval-every <n>", "held-out evaluation every N steps", num("--eval-every", 0, 1e7, true), 500)
     .option("--held-out <n>", "held-out examples in the periodic evaluations", num("--held-out", 1, 4096, true), 32)
