@@ -102,7 +102,7 @@ export function wordPositions(m: IP2PModels, text: string, words: string): numbe
 }
 
 /** Records, per (sample, object), the attention of the object's tokens summed over chosen layers. */
-class ObjectMapRecorder implements AttentionCaptureHook {
+export class ObjectMapRecorder implements AttentionCaptureHook {
   readonly sums: { b: number; cols: number[]; out: Tensor }[] = [];
   constructor(private readonly layers: Set<string>, private readonly queries: number) {}
   add(b: number, cols: number[]): number {
