@@ -121,7 +121,8 @@ describe("pretrain checks its run folder, spec and starting model before the GPU
     const run = join(work, "pt1");
     expectUserError(noGpu("pretrain", "--out", run, "--vae-steps", "1"), "RL4PIX_NO_GPU");
     expect(existsSync(join(run, "base", "model_index.json"))).toBe(true);
-    beforeGpu(noGpu("pretrain", "--out", run, "--vae-lr", "0.5"), join(run, "settings.json"), "other settings");
+    // (a stage that has not started may take other settings of its own; --batch is every stage's)
+    beforeGpu(noGpu("pretrain", "--out", run, "--batch", "4"), join(run, "settings.json"), "other settings");
     const w = join(run, "base", "unet", "diffusion_pytorch_model.safetensors");
     truncateSync(w, 1000);
     beforeGpu(noGpu("pretrain", "--out", run, "--vae-steps", "1"), w);

@@ -257,7 +257,7 @@ describe("eval runner", () => {
     let text = "";
     try {
       await evalCommand({
-        data: p.manifest, out: OUT, clip: p.clipDir, turns: "both", steps: STEPS, textGuidance: 7.5, imageGuidance: 1.5, seed: SEED, resolution: SIZE,
+        data: p.manifest, out: OUT, model: p.modelDir, clip: p.clipDir, turns: "both", steps: STEPS, textGuidance: 7.5, imageGuidance: 1.5, seed: SEED, resolution: SIZE,
       });
       text = log.mock.calls.map((c) => String(c[0])).join("\n");
     } finally {
