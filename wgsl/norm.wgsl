@@ -1,6 +1,9 @@
 #if SUBGROUP_SUM
 enable subgroups;
 #endif
+#if X_F16
+enable f16;
+#endif
 // Group and layer normalisation, forward and backward. Statistics are two-pass (mean, then the mean
 // of squared deviations) and accumulated in f32; a group's data is re-read from cache.
 //
@@ -16,6 +19,9 @@ enable subgroups;
 //   PARAM_REDUCE    one thread per channel: dbias[c] = sum_k partial[k, c].x, dweight[c] = sum_k partial[k, c].y
 // VEC4: x/out (and, with AFFINE_PER_ELEMENT, the affine parameters) are read as vec4 (needs S % 4 == 0,
 // or D % 4 == 0 for layer norm). Indices below are in units of T (f32 or vec4).
+// X_F16: f16 activations (needs shader-f16): x, out, dout and dx are stored as f16 (XS), widened to
+// T on load; statistics, affine parameters, partial sums and all arithmetic stay f32, and each
+// stored value is rounded once.
 
 struct Params {
   groups: u32,   // groups (or rows, or channels) in this dispatch
@@ -30,8 +36,18 @@ struct Params {
 
 #if VEC4
 alias T = vec4<f32>;
+#if X_F16
+alias XS = vec4<f16>;
+#else
+alias XS = vec4<f32>;
+#endif
 #else
 alias T = f32;
+#if X_F16
+alias XS = f16;
+#else
+alias XS = f32;
+#endif
 #endif
 #if AFFINE_PER_ELEMENT
 alias W = T;
@@ -84,10 +100,10 @@ fn wg_sum(v: vec2<f32>, lid: u32) -> vec2<f32> {
 #endif
 
 #if NORM_FWD
-@group(0) @binding(0) var<storage, read> x: array<T>;
+@group(0) @binding(0) var<storage, read> x: array<XS>;
 @group(0) @binding(1) var<storage, read> weight: array<W>;
 @group(0) @binding(2) var<storage, read> bias: array<W>;
-@group(0) @binding(3) var<storage, read_write> out: array<T>;
+@group(0) @binding(3) var<storage, read_write> out: array<XS>;
 @group(0) @binding(4) var<storage, read_write> stats: array<vec2<f32>>;
 @group(0) @binding(5) var<uniform> p: Params;
 
@@ -101,22 +117,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let base = grp * count;
   let n_scalar = f32(count) * f32(sizeof_t());
   var s1 = 0.0;
-  for (var e = lid; e < count; e += WG) { s1 += hsum(x[base + e]); }
+  for (var e = lid; e < count; e += WG) { s1 += hsum(T(x[base + e])); }
   let mean = wg_sum(vec2<f32>(s1, 0.0), lid).x / n_scalar;
   var s2 = 0.0;
   for (var e = lid; e < count; e += WG) {
-    let d = x[base + e] - mean;
+    let d = T(x[base + e]) - mean;
     s2 += hsum(d * d);
   }
   let variance = wg_sum(vec2<f32>(s2, 0.0), lid).x / n_scalar;
   let rstd = inverseSqrt(variance + p.eps);
   for (var e = lid; e < count; e += WG) {
     let c = affine_index(e, g, p.cg, p.S);
-    var y = (x[base + e] - mean) * rstd * weight[c] + bias[c];
+    var y = (T(x[base + e]) - mean) * rstd * weight[c] + bias[c];
 #if SILU
     y = y * sigmoid(y);
 #endif
-    out[base + e] = y;
+    out[base + e] = XS(y);
   }
   if (lid == 0u) { stats[p.n0 * p.G + grp] = vec2<f32>(mean, rstd); }
 }
@@ -141,12 +157,12 @@ fn dy_of(dout: T, y: T) -> T {
 }
 
 #if NORM_BWD_X
-@group(0) @binding(0) var<storage, read> x: array<T>;
-@group(0) @binding(1) var<storage, read> dout: array<T>;
+@group(0) @binding(0) var<storage, read> x: array<XS>;
+@group(0) @binding(1) var<storage, read> dout: array<XS>;
 @group(0) @binding(2) var<storage, read> weight: array<W>;
 @group(0) @binding(3) var<storage, read> bias: array<W>;
 @group(0) @binding(4) var<storage, read> stats: array<vec2<f32>>;
-@group(0) @binding(5) var<storage, read_write> dx: array<T>;
+@group(0) @binding(5) var<storage, read_write> dx: array<XS>;
 @group(0) @binding(6) var<uniform> p: Params;
 
 @compute @workgroup_size({{WG}})
@@ -164,24 +180,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   var acc = vec2<f32>(0.0);
   for (var e = lid; e < count; e += WG) {
     let c = affine_index(e, g, p.cg, p.S);
-    let xh = (x[base + e] - mean) * rstd;
-    let dxh = dy_of(dout[base + e], xh * weight[c] + bias[c]) * weight[c];
+    let xh = (T(x[base + e]) - mean) * rstd;
+    let dxh = dy_of(T(dout[base + e]), xh * weight[c] + bias[c]) * weight[c];
     acc += vec2<f32>(hsum(dxh), hsum(dxh * xh));
   }
   let inv_n = 1.0 / (f32(count) * f32(sizeof_t()));
   let sums = wg_sum(acc, lid) * inv_n;
   for (var e = lid; e < count; e += WG) {
     let c = affine_index(e, g, p.cg, p.S);
-    let xh = (x[base + e] - mean) * rstd;
-    let dxh = dy_of(dout[base + e], xh * weight[c] + bias[c]) * weight[c];
-    dx[base + e] = rstd * (dxh - sums.x - xh * sums.y);
+    let xh = (T(x[base + e]) - mean) * rstd;
+    let dxh = dy_of(T(dout[base + e]), xh * weight[c] + bias[c]) * weight[c];
+    dx[base + e] = XS(rstd * (dxh - sums.x - xh * sums.y));
   }
 }
 #endif
 
 #if GN_BWD_PARTIAL
-@group(0) @binding(0) var<storage, read> x: array<T>;
-@group(0) @binding(1) var<storage, read> dout: array<T>;
+@group(0) @binding(0) var<storage, read> x: array<XS>;
+@group(0) @binding(1) var<storage, read> dout: array<XS>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> stats: array<vec2<f32>>;
@@ -200,8 +216,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let base = nc * p.S;
   var acc = vec2<f32>(0.0);
   for (var s = lid; s < p.S; s += WG) {
-    let xh = (x[base + s] - st.x) * st.y;
-    let dy = dy_of(dout[base + s], xh * weight[c] + bias[c]);
+    let xh = (T(x[base + s]) - st.x) * st.y;
+    let dy = dy_of(T(dout[base + s]), xh * weight[c] + bias[c]);
     acc += vec2<f32>(hsum(dy), hsum(dy * xh));
   }
   let r = wg_sum(acc, lid);
@@ -210,8 +226,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #endif
 
 #if LN_BWD_PARTIAL
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> dout: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<XS>;
+@group(0) @binding(1) var<storage, read> dout: array<XS>;
 @group(0) @binding(2) var<storage, read> stats: array<vec2<f32>>;
 @group(0) @binding(3) var<storage, read_write> partial: array<vec2<f32>>;
 @group(0) @binding(4) var<uniform> p: Params;
@@ -227,8 +243,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   for (var r = r0; r < r1; r++) {
     let st = stats[r];
     let i = r * p.C + c;
-    let xh = (x[i] - st.x) * st.y;
-    acc += vec2<f32>(dout[i], dout[i] * xh);
+    let xh = (T(x[i]) - st.x) * st.y;
+    acc += vec2<f32>(T(dout[i]), T(dout[i]) * xh);
   }
   partial[wid.y * p.C + c] = acc;
 }
