@@ -16,10 +16,12 @@
 // them with shuffles, so each lane loads TM / SG rows instead of TM.
 //   defines: WG, TM, TN, SUBGROUPS, SG (TM % SG == 0), BIAS_F16. Without a bias the host binds a
 //   dummy and clears `has_bias` (one pipeline fewer to compile).
+//   f16 activations (needs shader-f16): SRC_F16, the prepared source is f16 (widened to f32 on load);
+//   DST_F16, dst is f16 (the f32 sum rounded once on store). HALF: any of the f16 defines.
 #if SUBGROUPS
 enable subgroups;
 #endif
-#if BIAS_F16
+#if HALF
 enable f16;
 #endif
 
@@ -46,14 +48,22 @@ struct Params {
   _pad2: u32,
 }
 
+#if SRC_F16
+@group(0) @binding(0) var<storage, read> src: array<vec4<f16>>;
+#else
 @group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
+#endif
 @group(0) @binding(1) var<storage, read> w: array<vec4<f32>>;
 #if BIAS_F16
 @group(0) @binding(2) var<storage, read> bias: array<f16>;
 #else
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 #endif
+#if DST_F16
+@group(0) @binding(3) var<storage, read_write> dst: array<f16>;
+#else
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+#endif
 @group(0) @binding(4) var<uniform> p: Params;
 
 // acc + <(wa, wb), (xa, xb)> over 8 channels. (Two dot products were faster on lavapipe than a
@@ -94,8 +104,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         var xa: array<vec4<f32>, {{TN}}>;
         var xb: array<vec4<f32>, {{TN}}>;
         for (var t = 0u; t < {{TN}}u; t++) {
-          xa[t] = src[base[t] + xoff + 2u * cb];
-          xb[t] = src[base[t] + xoff + 2u * cb + 1u];
+          xa[t] = vec4<f32>(src[base[t] + xoff + 2u * cb]);
+          xb[t] = vec4<f32>(src[base[t] + xoff + 2u * cb + 1u]);
         }
 #if SUBGROUPS
         var wa: array<vec4<f32>, {{TM}} / {{SG}}>;
@@ -141,8 +151,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       if (q >= dst_hw) { break; }
       let di = dst_base + m * dst_hw + q;
       var v = acc[r * {{TN}}u + t] + b;
-      if (p.accumulate != 0u) { v += dst[di]; }
+      if (p.accumulate != 0u) { v += f32(dst[di]); }
+#if DST_F16
+      dst[di] = f16(v);
+#else
       dst[di] = v;
+#endif
     }
   }
 }

@@ -8,6 +8,13 @@
 // for images i of the chunk and output pixels q = (qy - y0) * wo + qx of rows [y0, y0 + rows).
 // Invocation (x = qx, y = qy - y0, z = i * C + c) writes the taps of one (pixel, channel): the grid
 // carries the coordinates, so no lane divides (integer division is per lane and slow on lavapipe).
+// SRC_F16: f16 activations (needs shader-f16): src and the patches are f16 (an exact copy).
+#if SRC_F16
+enable f16;
+alias S = f16;
+#else
+alias S = f32;
+#endif
 
 struct Params {
   c: u32,
@@ -28,8 +35,8 @@ struct Params {
   _pad2: u32,
 }
 
-@group(0) @binding(0) var<storage, read> src: array<f32>;
-@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(0) var<storage, read> src: array<S>;
+@group(0) @binding(1) var<storage, read_write> dst: array<S>;
 @group(0) @binding(2) var<uniform> p: Params;
 
 @compute @workgroup_size(64)
@@ -48,7 +55,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let y = u32(y0 + i32(ky));   // negative wraps past h
     for (var kx = 0u; kx < p.kw; kx++) {
       let x = u32(x0 + i32(kx));
-      var v = 0.0;
+      var v = S(0.0);
       if (y < p.h && x < p.w) { v = src[sbase + y * p.w + x]; }
       dst[o] = v;
       o++;

@@ -9,6 +9,13 @@
 // dil = stride and off = k - 1 - pad (the transposed convolution as a stride-1 conv with the
 // rotated kernel). Invocation (x = px, y = py, z = n * cp4 + channel group) writes 4 channels:
 // the grid carries the coordinates, so only DILATED divides (integer division is slow per lane).
+// SRC_F16: f16 activations (needs shader-f16): src and the prepared copy are f16 (an exact copy).
+#if SRC_F16
+enable f16;
+alias S = f16;
+#else
+alias S = f32;
+#endif
 
 struct Params {
   c: u32,            // real channels
@@ -29,8 +36,8 @@ struct Params {
   _pad2: u32,
 }
 
-@group(0) @binding(0) var<storage, read> src: array<f32>;
-@group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;
+@group(0) @binding(0) var<storage, read> src: array<S>;
+@group(0) @binding(1) var<storage, read_write> dst: array<vec4<S>>;
 @group(0) @binding(2) var<uniform> p: Params;
 
 // WG: invocations per workgroup along the row (8 to 64, the smallest power of two covering pw, so
@@ -54,7 +61,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(global_invocation_id) gi
   let sx = u32(v);
   let inside = sy < p.src_h && sx < p.src_w;
 #endif
-  var r = vec4<f32>(0.0);
+  var r = vec4<S>(0.0);
   if (inside) {
     let plane = p.src_h * p.src_w;
     let base = p.src_off + n * p.src_bstride + sy * p.src_w + sx;

@@ -10,9 +10,17 @@
 // Invocation (tx, ty) of a (WGX, WGY) workgroup owns rows ty + i * WGY and columns tx + j * WGX.
 //   defines: BM, BN, BK, TM, TN, WGX (= BN / TN), WGY (= BM / TM), BIAS_F16 (a dummy bias is bound
 //            when `has_bias` is 0),
-//            BWD_INPUT, MODE_WGRAD
-#if BIAS_F16
+//            BWD_INPUT, MODE_WGRAD,
+//            SRC_F16 (f16 activations, needs shader-f16: src, or dy and x, are f16, widened to f32 on
+//            load), DST_F16 (dst is f16: the f32 sum rounded once on store; not with MODE_WGRAD),
+//            HALF (any of the f16 defines)
+#if HALF
 enable f16;
+#endif
+#if SRC_F16
+alias S = f16;
+#else
+alias S = f32;
 #endif
 
 #if MODE_WGRAD
@@ -24,8 +32,8 @@ struct Params {
   batch: u32, cols: u32, m_first: u32, col_first: u32,
   accumulate: u32, _pad0: u32, _pad1: u32, _pad2: u32,
 }
-@group(0) @binding(0) var<storage, read> dy: array<f32>;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(0) var<storage, read> dy: array<S>;
+@group(0) @binding(1) var<storage, read> x: array<S>;
 @group(0) @binding(2) var<storage, read_write> dw: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
 #else
@@ -37,14 +45,18 @@ struct Params {
   w_base: u32, w_tap_stride: u32, m_pad4: u32, m_first: u32,
   accumulate: u32, has_bias: u32, _pad1: u32, _pad2: u32,
 }
-@group(0) @binding(0) var<storage, read> src: array<f32>;
+@group(0) @binding(0) var<storage, read> src: array<S>;
 @group(0) @binding(1) var<storage, read> wp: array<f32>;
 #if BIAS_F16
 @group(0) @binding(2) var<storage, read> bias: array<f16>;
 #else
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 #endif
+#if DST_F16
+@group(0) @binding(3) var<storage, read_write> dst: array<f16>;
+#else
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+#endif
 @group(0) @binding(4) var<uniform> p: Params;
 #endif
 
@@ -62,7 +74,7 @@ fn load_a(m: u32, k: u32) -> f32 {
   let out_hw = p.ho * p.wo;
   if (m >= p.m || k >= k_total()) { return 0.0; }
   let n = k / out_hw;
-  return dy[p.dy_off + n * p.dy_bstride + m * out_hw + (k - n * out_hw)];
+  return f32(dy[p.dy_off + n * p.dy_bstride + m * out_hw + (k - n * out_hw)]);
 }
 
 fn load_b(k: u32, col: u32) -> f32 {
@@ -77,7 +89,7 @@ fn load_b(k: u32, col: u32) -> f32 {
   let iy = u32(i32(oy * p.sh + tap / p.kw) - i32(p.pad_t));
   let ix = u32(i32(ox * p.sw + tap % p.kw) - i32(p.pad_l));
   if (iy >= p.h || ix >= p.w) { return 0.0; }
-  return x[p.x_off + n * p.x_bstride + ci * p.h * p.w + iy * p.w + ix];
+  return f32(x[p.x_off + n * p.x_bstride + ci * p.h * p.w + iy * p.w + ix]);
 }
 #else
 fn k_total() -> u32 { return p.taps * p.c; }
@@ -112,7 +124,7 @@ fn load_b(k: u32, q: u32) -> f32 {
   let sx = u32(qx * i32(p.sw) + kx - i32(p.pad_l));
   if (sy >= p.src_h || sx >= p.src_w) { return 0.0; }
 #endif
-  return src[p.src_off + wid_n * p.src_bstride + c * p.src_h * p.src_w + sy * p.src_w + sx];
+  return f32(src[p.src_off + wid_n * p.src_bstride + c * p.src_h * p.src_w + sy * p.src_w + sx]);
 }
 #endif
 
@@ -176,11 +188,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 #else
       let di = p.dst_off + wid.z * p.dst_bstride + m * p.dst_h * p.dst_w + col;
       if (p.accumulate != 0u) {
-        r += dst[di];
+        r += f32(dst[di]);
       } else if (p.has_bias != 0u) {
         r += f32(bias[p.m_first + m]);
       }
+#if DST_F16
+      dst[di] = f16(r);
+#else
       dst[di] = r;
+#endif
 #endif
     }
   }

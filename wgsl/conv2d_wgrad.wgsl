@@ -6,7 +6,14 @@
 // Each workgroup owns TM rows (output channels, 4 * TM4) and WG * TN columns; each invocation keeps
 // TM x TN accumulators. Lanes differ only in the column, so the dy reads are uniform (scalar loads
 // on lavapipe) and only the x reads gather.
-//   defines: WG, TM4, TN, NACC (= TM4 * TN)
+//   defines: WG, TM4, TN, NACC (= TM4 * TN), SRC_F16 (f16 activations, needs shader-f16: dy and x
+//   are f16, widened to f32 on load; dw stays f32)
+#if SRC_F16
+enable f16;
+alias S = f16;
+#else
+alias S = f32;
+#endif
 
 struct Params {
   m: u32,            // rows in this pass
@@ -35,8 +42,8 @@ struct Params {
   _pad2: u32,
 }
 
-@group(0) @binding(0) var<storage, read> dy: array<f32>;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(0) var<storage, read> dy: array<S>;
+@group(0) @binding(1) var<storage, read> x: array<S>;
 @group(0) @binding(2) var<storage, read_write> dw: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
 
@@ -84,11 +91,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var t = 0u; t < {{TN}}u; t++) {
           let ix = u32(i32(ox * p.sw) + kx[t]);
           let ok = rowok[t] && ix < p.w;
-          xv[t] = select(0.0, x[select(xbase[t], rowoff[t] + ix, ok)], ok);
+          xv[t] = select(0.0, f32(x[select(xbase[t], rowoff[t] + ix, ok)]), ok);
         }
         for (var i = 0u; i < {{TM4}}u; i++) {
-          let g = vec4<f32>(dy[dyrow[4u * i] + pix], dy[dyrow[4u * i + 1u] + pix],
-                            dy[dyrow[4u * i + 2u] + pix], dy[dyrow[4u * i + 3u] + pix]);
+          let g = vec4<f32>(f32(dy[dyrow[4u * i] + pix]), f32(dy[dyrow[4u * i + 1u] + pix]),
+                            f32(dy[dyrow[4u * i + 2u] + pix]), f32(dy[dyrow[4u * i + 3u] + pix]));
           for (var t = 0u; t < {{TN}}u; t++) {
             acc[i * {{TN}}u + t] = fma(g, vec4<f32>(xv[t]), acc[i * {{TN}}u + t]);
           }

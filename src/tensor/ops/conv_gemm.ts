@@ -1,7 +1,9 @@
 // The conv2d GPU passes without autograd: the forward and the input gradient (one implicit GEMM,
 // two index maps) and the weight gradient, each split into binding-sized passes. Two kernel
 // families: register-blocked over a prepared NHWC source (CPU rasterisers) and workgroup-memory
-// tiles straight over NCHW (real GPUs); conv_tuning.ts picks one per adapter.
+// tiles straight over NCHW (real GPUs); conv_tuning.ts picks one per adapter. f16 activations
+// (an f16 source, needs shader-f16) are read as f16 and give an f16 result, summed in f32 and
+// rounded once; the weight panels are f32 whatever the weight's dtype.
 import regSrc from "../../../wgsl/conv2d.wgsl" with { type: "text" };
 import prepSrc from "../../../wgsl/conv2d_prep.wgsl" with { type: "text" };
 import tiledSrc from "../../../wgsl/conv2d_tiled.wgsl" with { type: "text" };
@@ -9,11 +11,12 @@ import weightsSrc from "../../../wgsl/conv2d_weights.wgsl" with { type: "text" }
 import wgradSrc from "../../../wgsl/conv2d_wgrad.wgsl" with { type: "text" };
 import im2colSrc from "../../../wgsl/conv2d_im2col.wgsl" with { type: "text" };
 import { gemmInto } from "./matmul_gemm.ts";
+import { castRaw } from "./cast.ts";
 import { matmulTuning } from "./matmul_tuning.ts";
 import { gpu, type Uniforms } from "../../gpu/device.ts";
-import { Tensor } from "../tensor.ts";
+import { Tensor, numel } from "../tensor.ts";
 import { keep } from "../scope.ts";
-import { type ConvGeometry, bindingLimitBytes, planPasses, windowBinding } from "./conv_geometry.ts";
+import { type ConvGeometry, type ConvPass, bindingLimitBytes, planPasses, windowBinding } from "./conv_geometry.ts";
 import { type RegisterTiles, type SharedTiles, convTuning } from "./conv_tuning.ts";
 
 const roundUp = (v: number, m: number) => Math.ceil(v / m) * m;
@@ -85,17 +88,37 @@ function buildPanels(weight: Tensor, v: ReturnType<typeof gemmView>, taps: numbe
 
 /**
  * Forward (`src` = x [N,Cin,H,W] -> [N,Cout,Ho,Wo], plus bias) or input gradient (`src` = dy
- * [N,Cout,Ho,Wo] -> dx [N,Cin,H,W], no bias). Accumulates in f32; weights may be f16.
+ * [N,Cout,Ho,Wo] -> dx [N,Cin,H,W], no bias), in src's dtype (f32, or f16 activations).
+ * Accumulates in f32; weights may be f16.
  */
 export function convGemm(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tensor | null, geo: ConvGeometry): Tensor {
   const tiles = convTuning(gpu()).forward;
   const dstShape = mode === "forward" ? [geo.n, geo.cout, geo.ho, geo.wo] : [geo.n, geo.cin, geo.h, geo.w];
-  const dst = Tensor.empty(dstShape, "f32", mode === "forward" ? "conv2d" : "conv2d.grad_input");
-  if (dst.size === 0) return dst;
-  if (mode === "forward" && convIm2col(src, weight, bias, geo, dst)) return dst;
-  if (tiles.kind === "register") convRegister(mode, src, weight, bias, geo, dst, tiles);
-  else convTiled(mode, src, weight, bias, geo, dst, tiles);
-  return dst;
+  const dtype = src.dtype as "f32" | "f16";
+  const label = mode === "forward" ? "conv2d" : "conv2d.grad_input";
+  if (numel(dstShape) === 0) return Tensor.empty(dstShape, dtype, label);
+  if (mode === "forward" && im2colApplies(bias, geo)) {
+    const dst = Tensor.empty(dstShape, dtype, label);
+    convIm2col(src, weight, bias, geo, dst);
+    return dst;
+  }
+  const out = tiles.kind === "register"
+    ? convRegister(mode, src, weight, bias, geo, dstShape, label, tiles)
+    : convTiled(mode, src, weight, bias, geo, dstShape, label, tiles);
+  if (out.dtype === dtype) return out;
+  // f16 activations whose passes split the reduction channels were summed into an f32 result
+  // (each later pass adds into it): round it once here.
+  const rounded = castRaw(out, dtype);
+  out.dispose();
+  return rounded;
+}
+
+/**
+ * The dtype a pass-wise conv writes: the source's, except that an f16 result whose passes split
+ * the reduction channels (later passes add into it) is summed in f32 and rounded once afterwards.
+ */
+function passDtype(src: Tensor, passes: ConvPass[]): "f32" | "f16" {
+  return src.dtype === "f16" && !passes.some((ps) => ps.c0 > 0) ? "f16" : "f32";
 }
 
 let im2colEnabled = true;
@@ -123,6 +146,11 @@ function im2colElementLimit(): number {
   return Math.floor((bindingLimitBytes() - 2 * (gpu().limits.minStorageBufferOffsetAlignment ?? 256)) / 4);
 }
 
+/** Whether this forward runs as im2col + matmul: the geometry allows it and the bias (if any) is f32. */
+function im2colApplies(bias: Tensor | null, geo: ConvGeometry): boolean {
+  return !(bias && bias.dtype !== "f32") && convForwardUsesIm2col(geo);
+}
+
 /**
  * The forward as im2col + matmul (CPU adapters): the patches of a chunk of output rows
  * [pixels, K = Cin * kh * kw] times the weight in torch's layout [Cout, K] (f32 or f16, no copy),
@@ -130,9 +158,10 @@ function im2colElementLimit(): number {
  * along K, so the register matmul may read 4 k at a time (matmul_k4.wgsl, f16 weights); K % 4 == 0
  * is required. Chunks
  * of images (or of output rows within an image) keep the patch buffer under the binding limit.
- * Returns false (nothing recorded) where this form does not apply.
+ * f16 activations: the patches are f16 (an exact copy) and the product is written as f16, summed in
+ * f32 over the whole K (no chunk of K: one rounding). Only where `im2colApplies`.
  */
-function convIm2col(x: Tensor, weight: Tensor, bias: Tensor | null, geo: ConvGeometry, dst: Tensor): boolean {
+function convIm2col(x: Tensor, weight: Tensor, bias: Tensor | null, geo: ConvGeometry, dst: Tensor): void {
   const g = gpu();
   const taps = geo.kh * geo.kw;
   const K = geo.cin * taps;
@@ -140,10 +169,10 @@ function convIm2col(x: Tensor, weight: Tensor, bias: Tensor | null, geo: ConvGeo
   const limit = im2colElementLimit();
   const srcImg = geo.cin * geo.h * geo.w;
   const dstImg = geo.cout * plane;
-  if ((bias && bias.dtype !== "f32") || !convForwardUsesIm2col(geo)) return false;
+  const half = x.dtype === "f16";
   const rowsPerChunk = Math.min(geo.ho, Math.floor(limit / (K * geo.wo)));
   const imgsPerChunk = rowsPerChunk === geo.ho ? Math.max(1, Math.min(Math.floor(limit / (K * plane)), Math.floor(limit / srcImg), Math.floor(limit / dstImg))) : 1;
-  const kernel = g.kernel("conv2d_im2col", im2colSrc);
+  const kernel = g.kernel("conv2d_im2col", im2colSrc, { SRC_F16: half });
   const w2 = new Tensor(weight.storage, [geo.cout, K], weight.dtype, weight.label, false); // a view of the weight
   weight.storage.refs++;
   try {
@@ -153,24 +182,24 @@ function convIm2col(x: Tensor, weight: Tensor, bias: Tensor | null, geo: ConvGeo
       const d = windowBinding(dst, n0 * dstImg, nc * dstImg);
       for (let y0 = 0; y0 < geo.ho; y0 += rowsPerChunk) {
         const rows = Math.min(rowsPerChunk, geo.ho - y0);
-        const cols = Tensor.empty([nc, rows * geo.wo, K], "f32", "conv2d.im2col");
+        const cols = Tensor.empty([nc, rows * geo.wo, K], x.dtype, "conv2d.im2col");
         const u: Uniforms = ["u".repeat(16), geo.cin, geo.h, geo.w, geo.wo, geo.kh, geo.kw, geo.sh, geo.sw, geo.pt, geo.pl, s.skip, y0, rows, 0, 0, 0];
         for (let z0 = 0; z0 < nc * geo.cin; z0 += g.maxGroupsPerDim) {
           // (z0 > 0 only for more than 65535 image-channels: never with the chunk sizes above)
           g.dispatch(kernel, [s.binding, cols.binding()], u, [Math.ceil(geo.wo / 64), rows, Math.min(g.maxGroupsPerDim, nc * geo.cin - z0)]);
         }
         // C[i][q][co] -> dst[n0 + i][co][y0 * wo + q]
-        gemmInto(cols, w2, { transB: true, bias, op: "conv2d" }, { binding: d.binding, offset: d.skip + y0 * geo.wo, sz: dstImg, sm: 1, sn: plane });
+        gemmInto(cols, w2, { transB: true, bias, op: "conv2d" }, { binding: d.binding, offset: d.skip + y0 * geo.wo, sz: dstImg, sm: 1, sn: plane, dtype: dst.dtype as "f32" | "f16" });
         cols.dispose();
       }
     }
   } finally {
     w2.dispose();
   }
-  return true;
 }
 
-function convRegister(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tensor | null, geo: ConvGeometry, dst: Tensor, tiles: RegisterTiles): void {
+/** The register-blocked passes; returns the result [N, M, dstH, dstW] in `passDtype`. */
+function convRegister(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tensor | null, geo: ConvGeometry, dstShape: number[], label: string, tiles: RegisterTiles): Tensor {
   const g = gpu();
   const v = gemmView(mode, geo);
   // At most 8 rows (conv_out's 4 channels): 8-row tiles waste half as many lanes (measured 6.9 ->
@@ -192,18 +221,21 @@ function convRegister(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tensor 
   // Small planes (the 8x8 and 16x16 levels) get smaller workgroups rather than idle lanes.
   let wg = t.wg;
   while (wg > Math.max(8, t.subgroup) && (wg / 2) * t.tn >= dstPlane) wg /= 2;
+  const srcPlane = v.srcH * v.srcW;
+  const prepPlane = ph * pw;
+  const passes = planPasses(geo.n, v.m, v.c, Math.max(prepPlane, srcPlane), dstPlane, t.tm, 8, "conv2d");
+  const dst = Tensor.empty(dstShape, passDtype(src, passes), label);
+  const half = { SRC_F16: src.dtype === "f16", DST_F16: dst.dtype === "f16" };
   const kernel = g.kernel("conv2d", regSrc, {
     WG: wg, TM: t.tm, TN: t.tn, SUBGROUPS: t.subgroup > 0, SG: t.subgroup || 1,
-    BIAS_F16: bias?.dtype === "f16",
+    BIAS_F16: bias?.dtype === "f16", ...half, HALF: half.SRC_F16 || half.DST_F16 || bias?.dtype === "f16",
   });
   let prepWg = 8;
   while (prepWg < 64 && prepWg < pw) prepWg *= 2;
-  const prep = g.kernel("conv2d_prep", prepSrc, { DILATED: !fwd, WG: prepWg });
-  const srcPlane = v.srcH * v.srcW;
-  const prepPlane = ph * pw;
-  for (const ps of planPasses(geo.n, v.m, v.c, Math.max(prepPlane, srcPlane), dstPlane, t.tm, 8, "conv2d")) {
+  const prep = g.kernel("conv2d_prep", prepSrc, { DILATED: !fwd, WG: prepWg, SRC_F16: half.SRC_F16 });
+  for (const ps of passes) {
     const ccPad = roundUp(ps.cc, 8);
-    const prepared = Tensor.empty([ps.nc, ph, pw, ccPad], "f32", "conv2d.prepared"); // NHWC, zero-padded
+    const prepared = Tensor.empty([ps.nc, ph, pw, ccPad], src.dtype, "conv2d.prepared"); // NHWC, zero-padded, src's dtype
     const s = windowBinding(src, (ps.n0 * v.c + ps.c0) * srcPlane, ((ps.nc - 1) * v.c + ps.cc) * srcPlane);
     const cp4 = ccPad / 4;
     const perDispatch = Math.max(1, Math.floor(g.maxGroupsPerDim / cp4)); // images per prep dispatch (grid z)
@@ -225,25 +257,31 @@ function convRegister(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tensor 
     prepared.dispose();
   }
   panels.dispose();
+  return dst;
 }
 
 function sharedDefines(t: SharedTiles) {
   return { BM: t.bm, BN: t.bn, BK: t.bk, TM: t.tm, TN: t.tn, WGX: t.bn / t.tn, WGY: t.bm / t.tm };
 }
 
-function convTiled(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tensor | null, geo: ConvGeometry, dst: Tensor, t: SharedTiles): void {
+/** The workgroup-memory tiled passes; returns the result [N, M, dstH, dstW] in `passDtype`. */
+function convTiled(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tensor | null, geo: ConvGeometry, dstShape: number[], label: string, t: SharedTiles): Tensor {
   const g = gpu();
   const v = gemmView(mode, geo);
   const taps = geo.kh * geo.kw;
   const mPad = roundUp(v.m, 4);
   const cPad = roundUp(v.c, 4);
   const panels = weightPanels(weight, v, taps, { mPad, cPad, tap: cPad * mPad, row: 1, chan: mPad, flip: false }); // [taps, cPad, mPad]
-  const kernel = g.kernel("conv2d_tiled", tiledSrc, {
-    BIAS_F16: bias?.dtype === "f16", BWD_INPUT: mode === "inputGrad", MODE_WGRAD: false, ...sharedDefines(t),
-  });
   const srcPlane = v.srcH * v.srcW;
   const dstPlane = v.dstH * v.dstW;
-  for (const ps of planPasses(geo.n, v.m, v.c, srcPlane, dstPlane, 4, 1, "conv2d")) {
+  const passes = planPasses(geo.n, v.m, v.c, srcPlane, dstPlane, 4, 1, "conv2d");
+  const dst = Tensor.empty(dstShape, passDtype(src, passes), label);
+  const half = { SRC_F16: src.dtype === "f16", DST_F16: dst.dtype === "f16" };
+  const kernel = g.kernel("conv2d_tiled", tiledSrc, {
+    BIAS_F16: bias?.dtype === "f16", BWD_INPUT: mode === "inputGrad", MODE_WGRAD: false, ...sharedDefines(t),
+    ...half, HALF: half.SRC_F16 || half.DST_F16 || bias?.dtype === "f16",
+  });
+  for (const ps of passes) {
     const s = windowBinding(src, (ps.n0 * v.c + ps.c0) * srcPlane, ((ps.nc - 1) * v.c + ps.cc) * srcPlane);
     const d = windowBinding(dst, (ps.n0 * v.m + ps.m0) * dstPlane, ((ps.nc - 1) * v.m + ps.mc) * dstPlane);
     // The tiled kernel reads the panels as f32 with 4 * (vec4 offsets) and clamps rows to m.
@@ -260,11 +298,13 @@ function convTiled(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tensor | n
     g.dispatch(kernel, bindings, u, [Math.ceil(dstPlane / t.bn), Math.ceil(ps.mc / t.bm), ps.nc]);
   }
   panels.dispose();
+  return dst;
 }
 
 /**
  * Weight gradient dW[co, ci, ky, kx] = sum over images and output pixels of
- * dy[n, co, oy, ox] * x[n, ci, oy*sh + ky - pt, ox*sw + kx - pl], f32.
+ * dy[n, co, oy, ox] * x[n, ci, oy*sh + ky - pt, ox*sw + kx - pl], f32 (dy and x both f32, or both
+ * f16 activations read as f16 and summed in f32).
  */
 export function convWeightGrad(dy: Tensor, x: Tensor, geo: ConvGeometry): Tensor {
   const g = gpu();
@@ -274,9 +314,11 @@ export function convWeightGrad(dy: Tensor, x: Tensor, geo: ConvGeometry): Tensor
   const dw = Tensor.empty([geo.cout, geo.cin, geo.kh, geo.kw], "f32", "conv2d.grad_weight");
   const inPlane = geo.h * geo.w;
   const outPlane = geo.ho * geo.wo;
+  if (dy.dtype !== x.dtype) throw new Error(`conv2d weight gradient: an ${dy.dtype} output gradient with an ${x.dtype} input`);
+  const half = x.dtype === "f16";
   const kernel = tiles.kind === "register"
-    ? g.kernel("conv2d_wgrad", wgradSrc, { WG: tiles.wg, TM4: tiles.tm / 4, TN: tiles.tn, NACC: (tiles.tm / 4) * tiles.tn })
-    : g.kernel("conv2d_tiled", tiledSrc, { BIAS_F16: false, BWD_INPUT: false, MODE_WGRAD: true, ...sharedDefines(tiles) });
+    ? g.kernel("conv2d_wgrad", wgradSrc, { WG: tiles.wg, TM4: tiles.tm / 4, TN: tiles.tn, NACC: (tiles.tm / 4) * tiles.tn, SRC_F16: half })
+    : g.kernel("conv2d_tiled", tiledSrc, { BIAS_F16: false, BWD_INPUT: false, MODE_WGRAD: true, ...sharedDefines(tiles), SRC_F16: half, HALF: half });
   const rowTile = tiles.kind === "register" ? tiles.tm : 4;
   // Windows: dy (rows = Cout planes of outPlane) and x (channels = Cin planes of inPlane) per image.
   const passes = planPasses(geo.n, geo.cout, geo.cin, inPlane, outPlane, rowTile, 1, "conv2d weight gradient");

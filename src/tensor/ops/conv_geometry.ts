@@ -1,7 +1,7 @@
 // Conv2d geometry (output size from stride and padding) and the splitting of a conv into passes
 // whose storage bindings stay under the adapter's binding limit.
 import { gpu, type GpuBinding } from "../../gpu/device.ts";
-import type { Tensor } from "../tensor.ts";
+import { DTYPE_BYTES, type Tensor } from "../tensor.ts";
 
 export interface ConvGeometry {
   n: number;
@@ -102,13 +102,15 @@ function bindAlign(): number {
 }
 
 /**
- * A binding of elements [start, start + count) of `t` (4-byte elements), starting at an aligned
- * byte offset at or below `start`; `skip` is the number of elements between that offset and `start`.
+ * A binding of elements [start, start + count) of `t` (elements of its dtype: 4 bytes, or 2 for
+ * f16), starting at an aligned byte offset at or below `start`; `skip` is the number of elements
+ * between that offset and `start`. The size is rounded up to whole words.
  */
 export function windowBinding(t: Tensor, start: number, count: number): { binding: GpuBinding; skip: number } {
   const align = bindAlign();
-  const byteStart = start * 4;
+  const eb = DTYPE_BYTES[t.dtype];
+  const byteStart = start * eb;
   const offset = Math.floor(byteStart / align) * align;
-  const end = Math.min(t.storage.bytes, Math.max(byteStart + count * 4, offset + 4));
-  return { binding: { buffer: t.buffer, offset, size: Math.ceil((end - offset) / 4) * 4 }, skip: (byteStart - offset) / 4 };
+  const end = Math.min(t.storage.bytes, Math.max(byteStart + count * eb, offset + 4));
+  return { binding: { buffer: t.buffer, offset, size: Math.ceil((end - offset) / 4) * 4 }, skip: (byteStart - offset) / eb };
 }

@@ -128,6 +128,8 @@ export interface GemmTarget {
   sz: number;
   sm: number;
   sn: number;
+  /** dtype of the target's elements (default f32; f16 needs shader-f16). */
+  dtype?: "f32" | "f16";
 }
 
 /** C = act(alpha * op(A) op(B) + bias + addend), batched with numpy broadcasting of the batch dims. */
@@ -147,7 +149,7 @@ function launch(a: Tensor, b: Tensor, opts: GemmOptions, target: GemmTarget | nu
   const transB = opts.transB ?? false;
   if (a.dtype !== "f32" && a.dtype !== "f16") throw new Error(`${op}: the first operand must be f32 or f16, got ${a.dtype} ${shapeStr(a.shape)}`);
   if (b.dtype !== "f32" && b.dtype !== "f16") throw new Error(`${op}: the second operand must be f32 or f16, got ${b.dtype} ${shapeStr(b.shape)}`);
-  const outDtype = target ? "f32" : opts.out ?? (a.dtype as "f32" | "f16");
+  const outDtype = target ? target.dtype ?? "f32" : opts.out ?? (a.dtype as "f32" | "f16");
   if ((a.dtype === "f16" || outDtype === "f16") && !gpu().hasF16) {
     throw new Error(`${op}: f16 activations (an f16 first operand or output) need the adapter's shader-f16 feature`);
   }
