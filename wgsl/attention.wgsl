@@ -8,6 +8,7 @@
 // Loops over per-lane arrays are `#unroll`ed (src/tensor/ops/unroll.ts) so every index is constant.
 // QG = ceil(R / 8) query rows per lane are loaded per head-dim chunk (tiles of up to 8 * QG rows:
 // more rows per tile reuse each key and value load for more queries).
+// F16: q, k, v and out are f16 (E); everything in between is f32 and `out` is rounded once.
 
 @group(0) @binding(0) var<storage, read> q: Buf;
 @group(0) @binding(1) var<storage, read> k: Buf;
@@ -18,13 +19,13 @@
 
 fn store_out(base: u32, c: u32, val: vec4<f32>) {
 #if VEC4
-  out[base / 4u + c] = val;
+  out[base / 4u + c] = vec4<E>(val);
 #else
   let i = base + c * 4u;
-  out[i] = val.x;
-  if (c * 4u + 1u < D) { out[i + 1u] = val.y; }
-  if (c * 4u + 2u < D) { out[i + 2u] = val.z; }
-  if (c * 4u + 3u < D) { out[i + 3u] = val.w; }
+  out[i] = E(val.x);
+  if (c * 4u + 1u < D) { out[i + 1u] = E(val.y); }
+  if (c * 4u + 2u < D) { out[i + 2u] = E(val.z); }
+  if (c * 4u + 3u < D) { out[i + 3u] = E(val.w); }
 #endif
 }
 

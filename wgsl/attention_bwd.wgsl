@@ -7,6 +7,8 @@
 //            dv[r][chunk] += P * dO_query[chunk], dk[r][chunk] += ds * q_query[chunk] (dk *= scale),
 //            written to that chunk's partial copy (the copies are summed afterwards)
 // Loops over per-lane arrays are `#unroll`ed (src/tensor/ops/unroll.ts) so every index is constant.
+// F16: q, k, v, dO and dq are f16 (E), as are dk and dv unless the query chunks write f32 partial
+// copies (G_F32, summed and rounded once by attention_reduce.wgsl); lse, delta and all sums are f32.
 
 @group(0) @binding(0) var<storage, read> q: Buf;
 @group(0) @binding(1) var<storage, read> k: Buf;
@@ -18,21 +20,32 @@
 @group(0) @binding(6) var<storage, read_write> dq: Buf;
 @group(0) @binding(7) var<uniform> p: Params;
 #else
-@group(0) @binding(6) var<storage, read_write> dk: Buf;
-@group(0) @binding(7) var<storage, read_write> dv: Buf;
+// dk and dv: in the inputs' type (E), or f32 partial copies to be summed and rounded once (G_F32)
+#if G_F32
+alias G = f32;
+#else
+alias G = E;
+#endif
+#if VEC4
+alias GBuf = array<vec4<G>>;
+#else
+alias GBuf = array<G>;
+#endif
+@group(0) @binding(6) var<storage, read_write> dk: GBuf;
+@group(0) @binding(7) var<storage, read_write> dv: GBuf;
 @group(0) @binding(8) var<uniform> p: Params;
 #endif
 
 #if ATT_DQ
 fn store_dq(base: u32, c: u32, val: vec4<f32>) {
 #if VEC4
-  dq[base / 4u + c] = val;
+  dq[base / 4u + c] = vec4<E>(val);
 #else
   let i = base + c * 4u;
-  dq[i] = val.x;
-  if (c * 4u + 1u < D) { dq[i + 1u] = val.y; }
-  if (c * 4u + 2u < D) { dq[i + 2u] = val.z; }
-  if (c * 4u + 3u < D) { dq[i + 3u] = val.w; }
+  dq[i] = E(val.x);
+  if (c * 4u + 1u < D) { dq[i + 1u] = E(val.y); }
+  if (c * 4u + 2u < D) { dq[i + 2u] = E(val.z); }
+  if (c * 4u + 3u < D) { dq[i + 3u] = E(val.w); }
 #endif
 }
 
@@ -153,24 +166,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #if ATT_DKV
 fn store_dk(base: u32, c: u32, val: vec4<f32>) {
 #if VEC4
-  dk[base / 4u + c] = val;
+  dk[base / 4u + c] = vec4<G>(val);
 #else
   let i = base + c * 4u;
-  dk[i] = val.x;
-  if (c * 4u + 1u < D) { dk[i + 1u] = val.y; }
-  if (c * 4u + 2u < D) { dk[i + 2u] = val.z; }
-  if (c * 4u + 3u < D) { dk[i + 3u] = val.w; }
+  dk[i] = G(val.x);
+  if (c * 4u + 1u < D) { dk[i + 1u] = G(val.y); }
+  if (c * 4u + 2u < D) { dk[i + 2u] = G(val.z); }
+  if (c * 4u + 3u < D) { dk[i + 3u] = G(val.w); }
 #endif
 }
 fn store_dv(base: u32, c: u32, val: vec4<f32>) {
 #if VEC4
-  dv[base / 4u + c] = val;
+  dv[base / 4u + c] = vec4<G>(val);
 #else
   let i = base + c * 4u;
-  dv[i] = val.x;
-  if (c * 4u + 1u < D) { dv[i + 1u] = val.y; }
-  if (c * 4u + 2u < D) { dv[i + 2u] = val.z; }
-  if (c * 4u + 3u < D) { dv[i + 3u] = val.w; }
+  dv[i] = G(val.x);
+  if (c * 4u + 1u < D) { dv[i + 1u] = G(val.y); }
+  if (c * 4u + 2u < D) { dv[i + 2u] = G(val.z); }
+  if (c * 4u + 3u < D) { dv[i + 3u] = G(val.w); }
 #endif
 }
 

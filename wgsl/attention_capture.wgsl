@@ -7,7 +7,14 @@
 //   default  out[r, i]    += weight / H * sum_h sum_{c in cols} P[b, h, i, c]      out [count, Lq]
 //   MAP      out[r, i, c] += weight / H * sum_h P[b, h, i, c]  for c in cols      out [count, Lq, Lk]
 // Same layout conventions as attention.wgsl (strides per (batch, head, row); scalar loads only:
-// capture touches few columns).
+// capture touches few columns). F16: q and k are f16 activations (needs shader-f16), widened on
+// load; scores, lse and the accumulator `out` are f32 either way.
+#if F16
+enable f16;
+alias E = f16;
+#else
+alias E = f32;
+#endif
 
 struct Params {
   B: u32,
@@ -29,8 +36,8 @@ struct Params {
 const D: u32 = {{D}}u;
 const WG: u32 = 64u;
 
-@group(0) @binding(0) var<storage, read> q: array<f32>;
-@group(0) @binding(1) var<storage, read> k: array<f32>;
+@group(0) @binding(0) var<storage, read> q: array<E>;
+@group(0) @binding(1) var<storage, read> k: array<E>;
 @group(0) @binding(2) var<storage, read> lse: array<f32>;
 @group(0) @binding(3) var<storage, read> cols: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
@@ -40,7 +47,7 @@ fn score(b: u32, h: u32, i: u32, c: u32) -> f32 {
   let qbase = b * p.qs.x + h * p.qs.y + i * p.qs.z;
   let kbase = b * p.ks.x + h * p.ks.y + c * p.ks.z;
   var s = 0.0;
-  for (var e = 0u; e < D; e++) { s += q[qbase + e] * k[kbase + e]; }
+  for (var e = 0u; e < D; e++) { s += f32(q[qbase + e]) * f32(k[kbase + e]); }
   return s * p.scale;
 }
 

@@ -21,9 +21,14 @@
 //          SUBGROUPS (lane exchanges by subgroup operations, lane = subgroup_invocation_id: a workgroup
 //          of 8 is one subgroup when subgroups have at least 8 lanes; otherwise through workgroup
 //          memory, lane = local_invocation_index),
-//          HAS_DO (the kernel binds dout)
+//          HAS_DO (the kernel binds dout),
+//          F16 (f16 activations, needs shader-f16: q, k, v, O, dO are stored as f16 (E) and widened to
+//          f32 on load; scores, softmax, accumulators and lse stay f32, stores round once)
 #if SUBGROUPS
 enable subgroups;
+#endif
+#if F16
+enable f16;
 #endif
 
 struct Params {
@@ -48,10 +53,15 @@ const KPL: u32 = {{KPL}}u;
 const T: u32 = {{T}}u;
 const NEG: f32 = -1e30;
 
-#if VEC4
-alias Buf = array<vec4<f32>>;
+#if F16
+alias E = f16;
 #else
-alias Buf = array<f32>;
+alias E = f32;
+#endif
+#if VEC4
+alias Buf = array<vec4<E>>;
+#else
+alias Buf = array<E>;
 #endif
 
 // ---- lane exchanges (all lanes must call them together, in uniform control flow)
@@ -89,30 +99,31 @@ fn lanes_sum(x: f32, lane: u32) -> f32 {
 
 // ---- chunk c (4 values of the head dim, zero past D) of the row starting at element `base`
 #if VEC4
-fn load_q(base: u32, c: u32) -> vec4<f32> { return q[base / 4u + c]; }
-fn load_k(base: u32, c: u32) -> vec4<f32> { return k[base / 4u + c]; }
-fn load_v(base: u32, c: u32) -> vec4<f32> { return v[base / 4u + c]; }
+fn load_q(base: u32, c: u32) -> vec4<f32> { return vec4<f32>(q[base / 4u + c]); }
+fn load_k(base: u32, c: u32) -> vec4<f32> { return vec4<f32>(k[base / 4u + c]); }
+fn load_v(base: u32, c: u32) -> vec4<f32> { return vec4<f32>(v[base / 4u + c]); }
 #if HAS_DO
-fn load_do(base: u32, c: u32) -> vec4<f32> { return dout[base / 4u + c]; }
+fn load_do(base: u32, c: u32) -> vec4<f32> { return vec4<f32>(dout[base / 4u + c]); }
 #endif
 #else
 fn in_row(c: u32, j: u32) -> bool { return c * 4u + j < D; }
 fn load_q(base: u32, c: u32) -> vec4<f32> {
   let i = base + c * 4u;
-  return vec4<f32>(q[i], select(0.0, q[i + 1u], in_row(c, 1u)), select(0.0, q[i + 2u], in_row(c, 2u)), select(0.0, q[i + 3u], in_row(c, 3u)));
+  return vec4<f32>(f32(q[i]), select(0.0, f32(q[i + 1u]), in_row(c, 1u)), select(0.0, f32(q[i + 2u]), in_row(c, 2u)), select(0.0, f32(q[i + 3u]), in_row(c, 3u)));
 }
 fn load_k(base: u32, c: u32) -> vec4<f32> {
   let i = base + c * 4u;
-  return vec4<f32>(k[i], select(0.0, k[i + 1u], in_row(c, 1u)), select(0.0, k[i + 2u], in_row(c, 2u)), select(0.0, k[i + 3u], in_row(c, 3u)));
+  return vec4<f32>(f32(k[i]), select(0.0, f32(k[i + 1u]), in_row(c, 1u)), select(0.0, f32(k[i + 2u]), in_row(c, 2u)), select(0.0, f32(k[i + 3u]), in_row(c, 3u)));
 }
 fn load_v(base: u32, c: u32) -> vec4<f32> {
   let i = base + c * 4u;
-  return vec4<f32>(v[i], select(0.0, v[i + 1u], in_row(c, 1u)), select(0.0, v[i + 2u], in_row(c, 2u)), select(0.0, v[i + 3u], in_row(c, 3u)));
+  return vec4<f32>(f32(v[i]), select(0.0, f32(v[i + 1u]), in_row(c, 1u)), select(0.0, f32(v[i + 2u]), in_row(c, 2u)), select(0.0, f32(v[i + 3u]), in_row(c, 3u)));
 }
 #if HAS_DO
 fn load_do(base: u32, c: u32) -> vec4<f32> {
   let i = base + c * 4u;
-  return vec4<f32>(dout[i], select(0.0, dout[i + 1u], in_row(c, 1u)), select(0.0, dout[i + 2u], in_row(c, 2u)), select(0.0, dout[i + 3u], in_row(c, 3u)));
+  return vec4<f32>(f32(dout[i]), select(0.0, f32(dout[i + 1u]), in_row(c, 1u)), select(0.0, f32(dout[i + 2u]), in_row(c, 2u)), select(0.0, f32(dout[i + 3u]), in_row(c, 3u)));
 }
 #endif
 #endif
+

@@ -10,6 +10,9 @@
 //   attention(q, k, v)                  q [B, H, Lq, d], k, v [B, H, Lk, d]  -> [B, H, Lq, d]
 //   attentionMergedHeads(q, k, v, H)    q [B, Lq, H*d], k, v [B, Lk, H*d]    -> [B, Lq, H*d]
 // The second is what a Linear projection produces, so it needs no permutes around the op.
+// f16 activations (needs shader-f16): f16 q, k, v give an f16 output and f16 gradients; scores,
+// softmax, logsumexp and every sum stay f32 and each stored value is rounded once (dk/dv summed
+// over query chunks go through f32 partial copies). Attention maps are captured in f32 either way.
 import fwdSrc from "../../../wgsl/attention.wgsl" with { type: "text" };
 import bwdSrc from "../../../wgsl/attention_bwd.wgsl" with { type: "text" };
 import reduceSrc from "../../../wgsl/attention_reduce.wgsl" with { type: "text" };
@@ -130,9 +133,11 @@ const cdiv = (a: number, b: number) => Math.ceil(a / b);
 
 function validate(op: string, q: Tensor, k: Tensor, v: Tensor): void {
   for (const [name, t] of [["q", q], ["k", k], ["v", v]] as const) {
-    if (t.dtype !== "f32") throw new Error(`${op}: ${name} must be f32, got ${t.dtype} ${shapeStr(t.shape)}`);
+    if (t.dtype !== "f32" && t.dtype !== "f16") throw new Error(`${op}: ${name} must be f32 or f16, got ${t.dtype} ${shapeStr(t.shape)}`);
+    if (t.dtype !== q.dtype) throw new Error(`${op}: q ${shapeStr(q.shape)} ${q.dtype} and ${name} ${shapeStr(t.shape)} ${t.dtype} mix dtypes; cast one first`);
     if (t.byteLength > gpu().maxBinding) throw new Error(`${op}: ${name} ${shapeStr(t.shape)} exceeds the storage binding limit`);
   }
+  if (q.dtype === "f16" && !gpu().hasF16) throw new Error(`${op}: f16 activations (q ${shapeStr(q.shape)}) need the adapter's shader-f16 feature`);
   if (shapeStr(k.shape) !== shapeStr(v.shape)) throw new Error(`${op}: k ${shapeStr(k.shape)} and v ${shapeStr(v.shape)} differ`);
 }
 
@@ -176,9 +181,9 @@ function kernel(name: string, source: string, defs: Record<string, number | bool
   return gpu().kernel(name, unrolledSource(name, source, defs), defs);
 }
 
-function tileDefines(geo: Geometry, rows: number, kpl: number, extra: Record<string, number | boolean>): Record<string, number | boolean> {
+function tileDefines(geo: Geometry, f16: boolean, rows: number, kpl: number, extra: Record<string, number | boolean>): Record<string, number | boolean> {
   const D4 = cdiv(geo.d, 4);
-  return { D: geo.d, D4, R: rows, KPL: kpl, T: cdiv(D4, 8), VEC4: geo.d % 4 === 0, SUBGROUPS: useSubgroups(), ...extra };
+  return { D: geo.d, D4, R: rows, KPL: kpl, T: cdiv(D4, 8), VEC4: geo.d % 4 === 0, SUBGROUPS: useSubgroups(), F16: f16, ...extra };
 }
 
 function strides4(s: readonly number[], w = 0): number[] {
@@ -192,17 +197,20 @@ function sdpa(op: string, geo: Geometry, q: Tensor, k: Tensor, v: Tensor, opts: 
   const scale = opts.scale ?? 1 / Math.sqrt(d);
   const g = gpu();
   const t = tuning();
-  const out = Tensor.empty(q.shape, "f32", op);
+  const f16 = q.dtype === "f16";
+  const out = Tensor.empty(q.shape, q.dtype, op);
   const lse = Tensor.empty([B, H, Lq], "f32", `${op}.lse`); // per-query logsumexp of the scaled scores
   if (B * H * Lq > 0) {
     const rows = fwdRows(d, t, Lq);
     const tiles = cdiv(Lq, rows);
-    const kern = kernel("attention_fwd", commonSrc + fwdSrc, tileDefines(geo, rows, t.keys, { QG: cdiv(rows, 8) }));
+    const kern = kernel("attention_fwd", commonSrc + fwdSrc, tileDefines(geo, f16, rows, t.keys, { QG: cdiv(rows, 8) }));
     g.dispatch(kern, [q.binding(), k.binding(), v.binding(), out.binding(), lse.binding()], attnParams(geo, causal, tiles, scale, 0, 0, 0, 0), g.grid(B * H * tiles));
     if (opts.capture) captureMaps(op, geo, q, k, lse, causal, scale, opts.capture);
   }
-  const res = record(out, op, [q, k, v], [q, k, v, out, lse], (dout, [sq, sk, sv, so, slse], needs) =>
-    attentionBackward(geo, sq, sk, sv, so, slse, dout, causal, scale, needs));
+  const res = record(out, op, [q, k, v], [q, k, v, out, lse], (dout, [sq, sk, sv, so, slse], needs) => {
+    if (dout.dtype !== so.dtype) throw new Error(`${op} backward: an ${dout.dtype} gradient ${shapeStr(dout.shape)} for an ${so.dtype} output ${shapeStr(so.shape)}`);
+    return attentionBackward(geo, sq, sk, sv, so, slse, dout, causal, scale, needs);
+  });
   lse.dispose();
   return res;
 }
@@ -233,18 +241,19 @@ function attentionBackward(geo: Geometry, q: Tensor, k: Tensor, v: Tensor, o: Te
   const t = tuning();
   const grads: (Tensor | null)[] = [null, null, null];
   if (B * H * Lq === 0) {
-    return needs.map((n, i) => (n ? Tensor.from(new Float32Array([q, k, v][i].size), [q, k, v][i].shape) : null));
+    return needs.map((n, i) => (n ? Tensor.from(new Float32Array([q, k, v][i].size), [q, k, v][i].shape, q.dtype) : null));
   }
+  const f16 = q.dtype === "f16";
   const delta = Tensor.empty([B, H, Lq], "f32", "attention.delta"); // dO . O per query
-  const kDelta = g.kernel("attention_delta", reduceSrc, { ATT_DELTA: true, D: d });
+  const kDelta = g.kernel("attention_delta", reduceSrc, { ATT_DELTA: true, D: d, F16: f16 });
   g.dispatch(kDelta, [o.binding(), dout.binding(), delta.binding()], attnParams(geo, causal, 0, scale, 0, 0, 0, 0), g.grid(cdiv(B * H * Lq, 64)));
   const common = [q.binding(), k.binding(), v.binding(), dout.binding(), lse.binding(), delta.binding()];
 
   if (needs[0]) {
-    const dq = Tensor.empty(q.shape, "f32", "attention.dq");
+    const dq = Tensor.empty(q.shape, q.dtype, "attention.dq");
     const rows = tileRows(d, t.rows, 1);
     const tiles = cdiv(Lq, rows);
-    const kern = kernel("attention_dq", commonSrc + bwdSrc, tileDefines(geo, rows, t.bwdKeys, { ATT_DQ: true, HAS_DO: true }));
+    const kern = kernel("attention_dq", commonSrc + bwdSrc, tileDefines(geo, f16, rows, t.bwdKeys, { ATT_DQ: true, HAS_DO: true }));
     g.dispatch(kern, [...common, dq.binding()], attnParams(geo, causal, tiles, scale, 0, 0, 0, 0), g.grid(B * H * tiles));
     grads[0] = dq;
   }
@@ -258,17 +267,18 @@ function attentionBackward(geo: Geometry, q: Tensor, k: Tensor, v: Tensor, o: Te
     // each chunk writes its own partial dk, dv, summed afterwards.
     const target = adapterClass(g) === "cpu" ? 16 : 2048;
     let chunks = Math.min(Math.max(1, cdiv(target, groups)), Math.max(1, cdiv(Lq, 64)));
-    while (chunks > 1 && chunks * Math.max(k.byteLength, v.byteLength) > g.maxBinding) chunks = Math.floor(chunks / 2);
+    while (chunks > 1 && chunks * Math.max(k.size, v.size) * 4 > g.maxBinding) chunks = Math.floor(chunks / 2); // f32 partials
     const chunkLen = cdiv(Lq, chunks);
     chunks = cdiv(Lq, chunkLen);
-    const dk = Tensor.empty(k.shape, "f32", "attention.dk");
-    const dv = Tensor.empty(v.shape, "f32", "attention.dv");
+    const dk = Tensor.empty(k.shape, k.dtype, "attention.dk");
+    const dv = Tensor.empty(v.shape, v.dtype, "attention.dv");
+    // partial copies are f32 (an f16 gradient is rounded once, after the sum)
     const partK = chunks > 1 ? Tensor.empty([chunks, ...k.shape], "f32", "attention.dk.partial") : dk; // [chunks, ...k]
     const partV = chunks > 1 ? Tensor.empty([chunks, ...v.shape], "f32", "attention.dv.partial") : dv;
-    const kern = kernel("attention_dkv", commonSrc + bwdSrc, tileDefines(geo, rows, t.bwdKeys, { ATT_DKV: true, HAS_DO: true }));
+    const kern = kernel("attention_dkv", commonSrc + bwdSrc, tileDefines(geo, f16, rows, t.bwdKeys, { ATT_DKV: true, HAS_DO: true, G_F32: f16 && chunks > 1 }));
     g.dispatch(kern, [...common, partK.binding(), partV.binding()], attnParams(geo, causal, tiles, scale, chunkLen, 0, k.size, v.size), [groups, chunks, 1]);
     if (chunks > 1) {
-      const kSum = g.kernel("attention_sum_chunks", reduceSrc, { ATT_SUM: true, D: 1 });
+      const kSum = g.kernel("attention_sum_chunks", reduceSrc, { ATT_SUM: true, D: 1, F16: f16 });
       for (const [part, dst] of [[partK, dk], [partV, dv]] as const) {
         const p: Uniforms = ["uuuuuufu" + "u".repeat(16), 0, 0, 0, 0, 0, 0, 0, chunks, 0, 0, 0, dst.size, ...new Array(12).fill(0)];
         g.dispatch(kSum, [part.binding(), dst.binding()], p, g.grid(cdiv(dst.size, 256)));
@@ -300,7 +310,7 @@ function captureMaps(op: string, geo: Geometry, q: Tensor, k: Tensor, lse: Tenso
   if (count === 0 || cols.length === 0) return;
   const g = gpu();
   const colT = Tensor.from(Int32Array.from(cols), [cols.length], "i32", "attention.captureCols");
-  const kern = g.kernel("attention_capture", captureSrc, { D: d, MAP: mode === "map", OWN_LSE: lse === null });
+  const kern = g.kernel("attention_capture", captureSrc, { D: d, MAP: mode === "map", OWN_LSE: lse === null, F16: q.dtype === "f16" });
   const params: Uniforms = [
     "uuuuuuuu" + "uuuu" + "uuuu" + "ffuu",
     B, H, Lq, Lk, causal ? 1 : 0, row0, count, cols.length,
