@@ -5,6 +5,14 @@
 //   forward:  writes out[plane, 2y + dy, 2x .. 2x + 1] = in[plane, y, x] for dy = 0, 1
 //   BACKWARD: writes out[plane, y, x] = the sum of in's 2x2 block at (2y, 2x)
 // The big plane's rows (2w wide) are read or written as vec2 pairs.
+// F16: f16 activations (needs shader-f16): both planes hold f16 (E); the backward sums in f32 and
+// rounds once.
+#if F16
+enable f16;
+alias E = f16;
+#else
+alias E = f32;
+#endif
 
 struct Params {
   h: u32,
@@ -14,11 +22,11 @@ struct Params {
 }
 
 #if BACKWARD
-@group(0) @binding(0) var<storage, read> src: array<vec2<f32>>;
-@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(0) var<storage, read> src: array<vec2<E>>;
+@group(0) @binding(1) var<storage, read_write> dst: array<E>;
 #else
-@group(0) @binding(0) var<storage, read> src: array<f32>;
-@group(0) @binding(1) var<storage, read_write> dst: array<vec2<f32>>;
+@group(0) @binding(0) var<storage, read> src: array<E>;
+@group(0) @binding(1) var<storage, read_write> dst: array<vec2<E>>;
 #endif
 @group(0) @binding(2) var<uniform> p: Params;
 
@@ -36,11 +44,11 @@ fn copy(plane: u32, y: u32, x: u32) {
   let small = (plane * p.h + y) * p.w + x;
   let big = (plane * 2u * p.h + 2u * y) * p.w + x; // vec2 index of (2y, 2x); the next row is + w
 #if BACKWARD
-  let top = src[p.in_off + big];
-  let bottom = src[p.in_off + big + p.w];
-  dst[p.out_off + small] = (top.x + top.y) + (bottom.x + bottom.y);
+  let top = vec2<f32>(src[p.in_off + big]);
+  let bottom = vec2<f32>(src[p.in_off + big + p.w]);
+  dst[p.out_off + small] = E((top.x + top.y) + (bottom.x + bottom.y));
 #else
-  let v = vec2<f32>(src[p.in_off + small]);
+  let v = vec2<E>(src[p.in_off + small]);
   dst[p.out_off + big] = v;
   dst[p.out_off + big + p.w] = v;
 #endif

@@ -5,6 +5,14 @@
 //   BACKWARD: invocation per input pixel, sums the output pixels whose source it is
 // A workgroup of WX x WY invocations covers WX columns of one plane (z) and walks its rows WY at a
 // time (no per-lane integer division: it is slow on CPU rasterisers).
+// F16: f16 activations (needs shader-f16): both planes hold f16 (E); the backward sums in f32 and
+// rounds once.
+#if F16
+enable f16;
+alias E = f16;
+#else
+alias E = f32;
+#endif
 
 struct Params {
   h: u32,
@@ -17,8 +25,8 @@ struct Params {
   out_off: u32,
 }
 
-@group(0) @binding(0) var<storage, read> src: array<f32>;
-@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(0) var<storage, read> src: array<E>;
+@group(0) @binding(1) var<storage, read_write> dst: array<E>;
 @group(0) @binding(2) var<uniform> p: Params;
 
 fn source_index(d: u32, scale: f32, size: u32) -> u32 {
@@ -43,10 +51,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       for (var ox = x_lo; ox < p.ow; ox++) {
         let sx = source_index(ox, p.scale_x, p.w);
         if (sx > x) { break; }
-        if (sx == x) { s += src[p.in_off + (plane * p.oh + oy) * p.ow + ox]; }
+        if (sx == x) { s += f32(src[p.in_off + (plane * p.oh + oy) * p.ow + ox]); }
       }
     }
-    dst[p.out_off + (plane * p.h + y) * p.w + x] = s;
+    dst[p.out_off + (plane * p.h + y) * p.w + x] = E(s);
   }
 #else
   if (x >= p.ow) { return; }

@@ -64,8 +64,10 @@ function runWindowed(kernelName: string, defines: Record<string, string | number
 
 // ---------------------------------------------------------------------------------------- fills
 
-export function full(shape: readonly number[], value: number, label = "full"): Tensor {
-  const out = Tensor.empty(shape, "f32", label);
+/** A tensor of `value`; f16 (an f16 activation's zeros, needs shader-f16) holds `value` rounded. */
+export function full(shape: readonly number[], value: number, label = "full", dtype: FloatDType = "f32"): Tensor {
+  if (dtype === "f16" && !gpu().hasF16) throw new Error(`full: f16 ${shapeStr(shape)} needs the adapter's shader-f16 feature`);
+  const out = Tensor.empty(shape, dtype, label);
   runWindowed("fill", { KIND_FILL: true }, [], out, value);
   return out;
 }

@@ -6,7 +6,7 @@ import src from "../../../wgsl/layout.wgsl" with { type: "text" };
 import { gpu } from "../../gpu/device.ts";
 import { record } from "../autograd.ts";
 import { DTYPE_BYTES, Tensor, numel, shapeStr } from "../tensor.ts";
-import { zeros } from "./elementwise.ts";
+import { full } from "./elementwise.ts";
 import { MAX_RANK, axisOf, pad8, stridesOf } from "./shape.ts";
 import { reshape as reshapeRecorded } from "./views.ts";
 
@@ -208,7 +208,7 @@ export function slice(x: Tensor, axis: number, start: number, end: number = x.sh
   const inShape = x.shape;
   return record(out, "slice", [x], [], (g) => {
     // The gradient of a slice: the incoming gradient scattered into zeros of the input's shape.
-    const gx = zeros(inShape, "slice_grad");
+    const gx = full(inShape, 0, "slice_grad", g.dtype as "f32" | "f16"); // in the gradient's dtype: stridedCopy copies bits
     const xs = stridesOf(inShape);
     stridedCopy("slice_grad", g, gx, { dims: [...g.shape], srcStrides: stridesOf(g.shape), srcBase: 0, dstStrides: xs, dstBase: s * xs[ax] });
     return [gx];
