@@ -26,7 +26,10 @@ export interface IP2PModels {
 }
 
 export interface LoadModelOptions {
-  /** diffusers weight variant, e.g. "fp16" (kept f16 on the GPU where supported). */
+  /**
+   * diffusers weight variant, e.g. "fp16": its weights are kept f16 on the GPU, and where the adapter
+   * has shader-f16 the UNet also computes on f16 activations (as torch_dtype=float16); elsewhere in f32.
+   */
   variant?: string;
   /** Keep the frozen UNet/VAE matrices in f16 on the GPU whatever the file's dtype (mixed precision). */
   f16Weights?: boolean;
@@ -39,6 +42,7 @@ export function loadIP2P(dir: string, opts: LoadModelOptions = {}): IP2PModels {
   const castF16 = Boolean(opts.f16Weights);
   const unet = new UNet2DConditionModel(config.unet);
   loadWeights(unet, resolveWeightFiles(join(dir, "unet"), { variant: opts.variant }), { keepF16, castF16 });
+  if (opts.variant === "fp16" && gpu().hasF16) unet.activationDtype = "f16";
   const vae = new AutoencoderKL(config.vae);
   loadWeights(vae, resolveWeightFiles(join(dir, "vae"), { variant: variantIfPresent(join(dir, "vae"), opts.variant) }), { keepF16, castF16 });
   const textEncoder = new CLIPTextModel(config.textEncoder);

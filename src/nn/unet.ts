@@ -137,6 +137,13 @@ export class UNet2DConditionModel extends Module {
   readonly timeProjDim: number;
   /** Gradient checkpointing of every resnet and transformer block while training. */
   gradientCheckpointing = false;
+  /**
+   * dtype of the activations between conv_in and conv_out: "f16" (needs the adapter's shader-f16)
+   * stores them as f16 and computes every op in f32 with one rounding per stored value, as diffusers
+   * with torch_dtype=float16. The time embedding is computed in f32 and then cast; the input and the
+   * returned noise prediction stay f32.
+   */
+  activationDtype: "f32" | "f16" = "f32";
   /** Called with (module path, output) after each top-level block (tests compare intermediates). */
   onIntermediate: ((path: string, t: Tensor) => void) | null = null;
 
@@ -233,9 +240,15 @@ export class UNet2DConditionModel extends Module {
     hook?.("time_proj", tProj);
     const temb = this.time_embedding.forward(tProj); // [B, tembDim]
     hook?.("time_embedding", temb);
-    const ctx: BlockContext = { tembSilu: ops.silu(temb), context: encoderHiddenStates, checkpointing: this.gradientCheckpointing && isGradEnabled() };
+    const f16 = this.activationDtype === "f16";
+    const act = (t: Tensor) => (f16 ? ops.cast(t, "f16") : t); // f32 -> the activation dtype
+    const ctx: BlockContext = {
+      tembSilu: act(ops.silu(temb)), // [B, tembDim]
+      context: act(encoderHiddenStates), // [B, 77, D]
+      checkpointing: this.gradientCheckpointing && isGradEnabled(),
+    };
 
-    let h = this.conv_in.forward(sample);
+    let h = this.conv_in.forward(act(sample)); // [B, C0, h, w]
     hook?.("conv_in", h);
     const skips: Tensor[] = [h];
     this.down_blocks.items.forEach((blk, i) => {
@@ -258,7 +271,10 @@ export class UNet2DConditionModel extends Module {
     h = this.conv_norm_out.forward(h);
     hook?.("conv_norm_out", h);
     const normed = h;
-    h = scope(() => this.conv_out.forward(ops.silu(normed)));
+    h = scope(() => {
+      const out = this.conv_out.forward(ops.silu(normed)); // [B, out_channels, h, w]
+      return f16 ? ops.cast(out, "f32") : out;
+    });
     hook?.("conv_out", h);
     return h;
   }
