@@ -12,6 +12,11 @@
 #   RUNS    lines "NAME|START|FLAGS": START is a run folder to copy and continue (the flags may change
 #           the settings of stages it has not started) or "-" for a new run
 #   BUDGET  seconds for the whole script (default 540); PACK seconds kept for packing (default 50)
+#   LEARN   then the paired PPO experiment (scripts/learning_evidence.ts) on a model: a run's NAME
+#           (its finished model/) or a model folder (e.g. weights/editor-tiny), with LEARN_FLAGS
+#           (default "--seeds 0,1,2 --epochs 12"), in LEARN_SECONDS kept from BUDGET (default 240);
+#           its log, results.json and every PPO run's metrics.jsonl come back as learn.tgz
+#           (RUNS="" runs the experiment alone)
 # SKIP_SETUP=1 runs it here on lavapipe (for trying the script with short RUNS).
 set -u
 OUTDIR=${1:?usage: device-pretrain.sh OUTDIR}
@@ -30,12 +35,14 @@ else
 fi
 
 E="--vae-steps 1000 --t2i-steps 1500 --editor-batch 64 --eval-every 500"
-RUNS=${RUNS:-"eps-lr5e-4|checkpoints/editor-tiny|$E --editor-steps 2000 --editor-lr 5e-4
+RUNS=${RUNS-"eps-lr5e-4|checkpoints/editor-tiny|$E --editor-steps 2000 --editor-lr 5e-4
 v-lr5e-4|checkpoints/editor-tiny|$E --editor-steps 2000 --editor-lr 5e-4 --editor-loss v
 v-lr1e-3|checkpoints/editor-tiny|$E --editor-steps 2000 --editor-lr 1e-3 --editor-loss v
 eps-lr1e-3|checkpoints/editor-tiny|$E --editor-steps 2000 --editor-lr 1e-3
 scratch-b64|-|--batch 64 --vae-steps 3000 --t2i-steps 3000 --editor-steps 3000 --eval-every 500"}
-MAXS=$(( START + BUDGET - ${PACK:-50} - $(date +%s) ))
+LEARN=${LEARN:-}
+LEARN_SECONDS=$([ -n "$LEARN" ] && echo "${LEARN_SECONDS:-240}" || echo 0)
+MAXS=$(( START + BUDGET - ${PACK:-50} - LEARN_SECONDS - $(date +%s) ))
 step "runs (each stops after $MAXS s)"
 names=()
 while IFS='|' read -r name from flags; do
@@ -50,6 +57,18 @@ while IFS='|' read -r name from flags; do
   ( bun cli.ts pretrain --out "$d" $flags --max-seconds "$MAXS" > "$R/runs/$name.log" 2>&1; echo "rc=$?" >> "$R/runs/$name.log" ) &
 done <<< "$RUNS"
 wait
+
+if [ -n "$LEARN" ]; then
+  model=$LEARN
+  [ -d "$R/runs/$LEARN/model" ] && model=$R/runs/$LEARN/model
+  left=$(( START + BUDGET - ${PACK:-50} - $(date +%s) ))
+  step "learning evidence on $model ($left s)"
+  # shellcheck disable=SC2086
+  timeout "$left" bun scripts/learning_evidence.ts --model "$model" --out "$R/learn" ${LEARN_FLAGS:---seeds 0,1,2 --epochs 12} > "$R/learn.log" 2>&1
+  echo "rc=$?" >> "$R/learn.log"
+  cat "$R/learn.log"
+  (cd "$R" && tar -czf "$OUTDIR/learn.tgz" learn.log $(cd "$R" && ls learn/results.json learn/runs/*/metrics.jsonl 2>/dev/null))
+fi
 
 step results
 for n in "${names[@]}"; do
