@@ -181,17 +181,22 @@ function modelBytes(dir: string): Map<string, Buffer> {
   return out;
 }
 
+/** configs/editor-tiny.json at the embedded random model's sizes (keeps a run quick), as WORK/spec.json. */
+function writeSmallSpec(work: string): string {
+  const specPath = join(work, "spec.json");
+  const spec = JSON.parse(readFileSync(join(import.meta.dir, "..", "configs", "editor-tiny.json"), "utf8"));
+  spec.unet = { ...spec.unet, block_out_channels: [16, 32], cross_attention_dim: 32, attention_head_dim: 2 };
+  spec.text_encoder = { ...spec.text_encoder, hidden_size: 32, intermediate_size: 64, projection_dim: 32 };
+  spec.vae = { ...spec.vae, block_out_channels: [8, 16] };
+  writeFileSync(specPath, JSON.stringify(spec));
+  return specPath;
+}
+
 describe("rl4pix pretrain runs", () => {
   test("stopped in every stage and resumed, a run writes the same model bytes as an uninterrupted one; bad resumes are refused", async () => {
     const work = mkdtempSync(join(tmpdir(), "rl4pix-pretrain-"));
     try {
-      // A small architecture (the embedded random model's sizes) keeps this quick.
-      const specPath = join(work, "spec.json");
-      const spec = JSON.parse(readFileSync(join(import.meta.dir, "..", "configs", "editor-tiny.json"), "utf8"));
-      spec.unet = { ...spec.unet, block_out_channels: [16, 32], cross_attention_dim: 32, attention_head_dim: 2 };
-      spec.text_encoder = { ...spec.text_encoder, hidden_size: 32, intermediate_size: 64, projection_dim: 32 };
-      spec.vae = { ...spec.vae, block_out_channels: [8, 16] };
-      writeFileSync(specPath, JSON.stringify(spec));
+      const specPath = writeSmallSpec(work);
 
       const whole = join(work, "whole");
       expect(await runPretrain(whole, pretrainSettings(options(whole, specPath)))).toBe(true);
@@ -251,12 +256,7 @@ describe("rl4pix pretrain runs", () => {
   test("a stage that has not started may take other settings; once started, it may not", async () => {
     const work = mkdtempSync(join(tmpdir(), "rl4pix-pretrain-"));
     try {
-      const specPath = join(work, "spec.json");
-      const spec = JSON.parse(readFileSync(join(import.meta.dir, "..", "configs", "editor-tiny.json"), "utf8"));
-      spec.unet = { ...spec.unet, block_out_channels: [16, 32], cross_attention_dim: 32, attention_head_dim: 2 };
-      spec.text_encoder = { ...spec.text_encoder, hidden_size: 32, intermediate_size: 64, projection_dim: 32 };
-      spec.vae = { ...spec.vae, block_out_channels: [8, 16] };
-      writeFileSync(specPath, JSON.stringify(spec));
+      const specPath = writeSmallSpec(work);
       const dir = join(work, "run");
       // The editor batch equal to --batch and the eps weighting stay out of the settings (runs made
       // before the editor options existed still match); v is the default.
