@@ -12,40 +12,23 @@ import { disposeModels, loadIP2P } from "../src/diffusion/pipeline.ts";
 import * as ops from "../src/tensor/ops/index.ts";
 import { Tensor, noGrad } from "../src/tensor/index.ts";
 import { gpu } from "../src/gpu/device.ts";
-import { expectClose, maxAbsDiff, useGpu } from "./helpers.ts";
+import { maxAbsDiff, useGpu } from "./helpers.ts";
+import { expectF16Close, f16Tolerance } from "./f16_tolerance.ts";
 import { TINY_IP2P, goldenF32, goldenInts, goldenShape } from "./goldens.ts";
 
 useGpu();
 const C = "components.safetensors";
 const g = (name: string) => Tensor.from(goldenF32(C, name), goldenShape(C, name));
 
-// Tolerance. Every op rounds its stored result once to f16: a relative error of at most 2^-11 per
-// stored value. Counting the stores of the tiny UNet (12 resnets of ~7 stores, 6 one-layer
+// Tolerance (f16_tolerance.ts). Every op rounds its stored result once to f16: a relative error of at
+// most 2^-11 per stored value. Counting the stores of the tiny UNet (12 resnets of ~7 stores, 6 one-layer
 // transformers of ~22, conv_in, down/upsampling, the output head) gives about 225, so L = 256 bounds
 // the roundings any output depends on. Independent roundings add in quadrature and the norms keep
 // activations at unit gain, so the output's error relative to its RMS is at most 2^-11 * sqrt(L) =
 // 7.8e-3 (an RMS estimate would be ~2.5x smaller), and no element is off by more than that times the
 // output's largest value. A wrong op (a missed cast, a skipped term, a bad permute) is an O(1) error;
 // an f16 accumulator over hundreds of terms would be O(1e-2).
-const REL_RMS = 2 ** -11 * Math.sqrt(256);
-
-/** ||a - b|| / ||b|| and max |a - b|. */
-function relRms(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let se = 0, sb = 0;
-  for (let i = 0; i < a.length; i++) {
-    se += (a[i] - b[i]) ** 2;
-    sb += b[i] ** 2;
-  }
-  return Math.sqrt(se / sb);
-}
-
-function expectF16Close(got: ArrayLike<number>, want: ArrayLike<number>, label: string): void {
-  const rel = relRms(got, want);
-  if (!(rel <= REL_RMS)) throw new Error(`${label}: relative RMS error ${rel} over ${REL_RMS}`);
-  let maxRef = 0;
-  for (let i = 0; i < want.length; i++) maxRef = Math.max(maxRef, Math.abs(want[i]));
-  expectClose(got, want, { atol: REL_RMS * maxRef }, label);
-}
+const REL_RMS = f16Tolerance(256);
 
 function loadUnet(variant?: string): UNet2DConditionModel {
   const unet = new UNet2DConditionModel(loadPipelineConfig(TINY_IP2P).unet);
@@ -75,8 +58,8 @@ describe("UNet on f16 activations", () => {
       const got = await out.read();
       // it really computed in f16: the result is not the f32 path's
       expect(maxAbsDiff(got, f32)).toBeGreaterThan(1e-5);
-      expectF16Close(got, f32, "vs the f32 path");
-      expectF16Close(got, goldenF32(C, golden), "vs diffusers");
+      expectF16Close(got, f32, REL_RMS, "vs the f32 path");
+      expectF16Close(got, goldenF32(C, golden), REL_RMS, "vs diffusers");
       unet.disposeParameters();
     });
   }
@@ -86,7 +69,7 @@ describe("UNet on f16 activations", () => {
     unet.activationDtype = "f16";
     const tv = goldenInts(C, "unet.tvec.timesteps");
     const out = noGrad(() => unet.forward(g("unet.sample"), tv, g("unet.encoder_hidden_states")));
-    expectF16Close(await out.read(), goldenF32(C, "unet.tvec.out"), "per-sample t");
+    expectF16Close(await out.read(), goldenF32(C, "unet.tvec.out"), REL_RMS, "per-sample t");
     unet.disposeParameters();
   });
 
@@ -111,7 +94,7 @@ describe("UNet on f16 activations", () => {
     for (const [path, t] of maps) {
       expect(t.dtype).toBe("f32");
       // probabilities are outputs of the same f16 activations (q, k): the same bound applies
-      expectF16Close(await t.read(), goldenF32(C, `attn2.${path}`), path);
+      expectF16Close(await t.read(), goldenF32(C, `attn2.${path}`), REL_RMS, path);
       t.dispose();
     }
     unet.disposeParameters();

@@ -79,7 +79,7 @@ export async function train(o: TrainOptions): Promise<EpochMetrics[]> {
 
 async function runTraining(o: TrainOptions, cfg: Config, runDir: string, dataset: EditDataset, resume: ResumePoint | null): Promise<EpochMetrics[]> {
   await initGpu();
-  const models = loadIP2P(cfg.model || (await defaultModelDir()), { f16Weights: cfg.mixed_precision === "fp16" });
+  const models = loadIP2P(cfg.model || (await defaultModelDir()), { mixedPrecision: cfg.mixed_precision === "fp16" ? "fp16" : "no" });
   const trainer = new Trainer(models, cfg, dataset, runDir, { force: o.force, resume });
   const first = await trainer.init();
   let stop = false;

@@ -28,30 +28,52 @@ export interface IP2PModels {
 export interface LoadModelOptions {
   /**
    * diffusers weight variant, e.g. "fp16": its weights are kept f16 on the GPU, and where the adapter
-   * has shader-f16 the UNet also computes on f16 activations (as torch_dtype=float16); elsewhere in f32.
+   * has shader-f16 the UNet, the VAE and the text encoder compute on f16 activations (as
+   * torch_dtype=float16); elsewhere in f32.
    */
   variant?: string;
-  /** Keep the frozen UNet/VAE matrices in f16 on the GPU whatever the file's dtype (mixed precision). */
-  f16Weights?: boolean;
+  /**
+   * The training config's `mixed_precision`. "fp16" stores the frozen UNet, VAE and text-encoder
+   * matrices as f16 whatever the file's dtype and, where the adapter has shader-f16, runs all three
+   * on f16 activations (accelerate's fp16 with ddpo-pytorch's f16 inference dtype); trainable LoRA
+   * weights stay f32.
+   */
+  mixedPrecision?: "no" | "fp16";
 }
 
 /** Build the module trees from a diffusers folder and load their weights (strict). */
 export function loadIP2P(dir: string, opts: LoadModelOptions = {}): IP2PModels {
   const config = loadPipelineConfig(dir);
-  const keepF16 = opts.variant === "fp16" || Boolean(opts.f16Weights);
-  const castF16 = Boolean(opts.f16Weights);
+  const mixed = opts.mixedPrecision === "fp16";
+  const keepF16 = opts.variant === "fp16" || mixed;
+  const castF16 = mixed;
   const unet = new UNet2DConditionModel(config.unet);
   loadWeights(unet, resolveWeightFiles(join(dir, "unet"), { variant: opts.variant }), { keepF16, castF16 });
-  if (opts.variant === "fp16" && gpu().hasF16) unet.activationDtype = "f16";
   const vae = new AutoencoderKL(config.vae);
   loadWeights(vae, resolveWeightFiles(join(dir, "vae"), { variant: variantIfPresent(join(dir, "vae"), opts.variant) }), { keepF16, castF16 });
   const textEncoder = new CLIPTextModel(config.textEncoder);
   loadWeights(textEncoder, resolveWeightFiles(join(dir, "text_encoder"), { variant: variantIfPresent(join(dir, "text_encoder"), opts.variant) }), {
+    keepF16,
+    castF16,
     ignore: CLIPTextModel.IGNORED_KEYS,
   });
   const tokenizer = ClipTokenizer.fromDir(config.tokenizer.dir);
   const scheduler = new DDIMScheduler(config.scheduler);
-  return { config, unet, vae, textEncoder, tokenizer, scheduler };
+  const models = { config, unet, vae, textEncoder, tokenizer, scheduler };
+  if (keepF16 && gpu().hasF16) setActivationDtype(models, "f16");
+  return models;
+}
+
+/**
+ * Run the UNet, the VAE and the text encoder on `dtype` activations ("f16" needs the adapter's
+ * shader-f16). What they take and give (latents, images, prompt embeddings, noise predictions,
+ * captured attention maps) stays f32 either way.
+ */
+export function setActivationDtype(m: Pick<IP2PModels, "unet" | "vae" | "textEncoder">, dtype: "f32" | "f16"): void {
+  if (dtype === "f16" && !gpu().hasF16) throw new Error("f16 activations need the adapter's shader-f16 feature");
+  m.unet.activationDtype = dtype;
+  m.vae.activationDtype = dtype;
+  m.textEncoder.activationDtype = dtype;
 }
 
 /** The variant for a component when its files exist, else the plain weights (as diffusers falls back). */

@@ -123,6 +123,13 @@ export class CLIPTextModel extends Module {
   readonly text_model: CLIPTextTransformer;
   /** Checkpoint buffers that are accepted and not used (e.g. `text_model.embeddings.position_ids`). */
   static readonly IGNORED_KEYS = ["text_model.embeddings.position_ids"];
+  /**
+   * dtype of the activations from the embeddings' sum to the final LayerNorm: "f16" (needs the
+   * adapter's shader-f16) stores every intermediate as f16 and computes each op in f32 with one
+   * rounding per stored value, as transformers with torch_dtype=float16 (whose f16 tables give f16
+   * token and position rows, added with one rounding). The returned states are f32.
+   */
+  activationDtype: "f32" | "f16" = "f32";
 
   constructor(readonly config: TextEncoderConfig) {
     super();
@@ -137,15 +144,18 @@ export class CLIPTextModel extends Module {
     const L = ids.length / batch;
     const tm = this.text_model;
     const idsT = Tensor.from(ids, [batch, L], "i32", "input_ids");
-    const tok = ops.embedding(tm.embeddings.token_embedding.t, idsT); // [B, L, D]
+    const f16 = this.activationDtype === "f16";
+    const act = (t: Tensor) => (f16 ? ops.cast(t, "f16") : t); // -> the activation dtype
+    const f32 = (t: Tensor) => (f16 ? ops.cast(t, "f32") : t); // the activation dtype -> f32
+    const tok = ops.embedding(tm.embeddings.token_embedding.t, idsT); // [B, L, D] f32
     const pos = ops.slice(tm.embeddings.position_embedding.t, 0, 0, L); // [L, D]
-    let h = ops.add(tok, pos);
+    let h = ops.add(act(tok), act(pos)); // [B, L, D]
     const states: Tensor[] = [];
-    if (opts.hiddenStates) states.push(h);
+    if (opts.hiddenStates) states.push(f32(h));
     for (const layer of tm.encoder.layers.items) {
       h = layer.forward(h);
-      if (opts.hiddenStates) states.push(h);
+      if (opts.hiddenStates) states.push(f32(h));
     }
-    return { lastHiddenState: tm.final_layer_norm.forward(h), hiddenStates: opts.hiddenStates ? states : undefined };
+    return { lastHiddenState: f32(tm.final_layer_norm.forward(h)), hiddenStates: opts.hiddenStates ? states : undefined };
   }
 }

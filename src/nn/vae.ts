@@ -1,6 +1,7 @@
 // diffusers' AutoencoderKL: Encoder -> quant_conv -> (mean, logvar); post_quant_conv -> Decoder.
 import type { Tensor } from "../tensor/tensor.ts";
 import * as ops from "../tensor/ops/index.ts";
+import { scope } from "../tensor/scope.ts";
 import { UserError } from "../errors.ts";
 import { Module, ModuleList } from "./module.ts";
 import { Conv2d, GroupNorm } from "./layers.ts";
@@ -159,6 +160,12 @@ export class AutoencoderKL extends Module {
   readonly post_quant_conv: Conv2d;
   /** Spatial downsampling factor (2^(blocks-1)). */
   readonly scaleFactor: number;
+  /**
+   * dtype of the activations inside the encoder and decoder: "f16" (needs the adapter's shader-f16)
+   * stores every intermediate as f16 and computes each op in f32 with one rounding per stored value,
+   * as diffusers with torch_dtype=float16. The image and latents given and returned stay f32.
+   */
+  activationDtype: "f32" | "f16" = "f32";
 
   constructor(readonly config: VaeConfig) {
     super();
@@ -175,7 +182,7 @@ export class AutoencoderKL extends Module {
 
   /** image [B, 3, H, W] in [-1, 1]. */
   encode(image: Tensor): LatentDistribution {
-    const moments = this.quant_conv.forward(this.encoder.forward(image)); // [B, 2L, h, w]
+    const moments = this.inActivations(image, (x) => this.quant_conv.forward(this.encoder.forward(x))); // [B, 2L, h, w]
     const [mean, rawLogvar] = ops.chunk(moments, 2, 1);
     const logvar = ops.clamp(rawLogvar, -30, 20);
     return { mean, logvar, moments };
@@ -183,6 +190,12 @@ export class AutoencoderKL extends Module {
 
   /** latents [B, L, h, w] (already divided by the scaling factor) -> image [B, 3, H, W], unclamped. */
   decode(latents: Tensor): Tensor {
-    return this.decoder.forward(this.post_quant_conv.forward(latents));
+    return this.inActivations(latents, (z) => this.decoder.forward(this.post_quant_conv.forward(z)));
+  }
+
+  /** `fn` on `x` cast to the activation dtype; its result comes back as f32. */
+  private inActivations(x: Tensor, fn: (x: Tensor) => Tensor): Tensor {
+    if (this.activationDtype === "f32") return fn(x);
+    return scope(() => ops.cast(fn(ops.cast(x, "f16")), "f32"));
   }
 }
