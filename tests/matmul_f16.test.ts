@@ -1,14 +1,16 @@
 // f16 activations through the matmul family (needs shader-f16: lavapipe has it): an f16 first operand
 // and an f16 result, f32 accumulation, one rounding in the epilogue. Forward against the float64
 // reference on f16-rounded inputs at f16 tolerances on every kernel (register with and without the
-// vec4-along-k loads, the transposed narrow-output path, both tiled sizes); backward of matmul,
-// linear and loraLinear against central finite differences, gradients in each operand's dtype.
+// vec4-along-k loads, the transposed narrow-output path, both tiled sizes), also with K split into
+// chunks (split-K); backward of matmul, linear and loraLinear against central finite differences,
+// gradients in each operand's dtype.
 import { afterEach, describe, expect, test } from "bun:test";
 import { gpu } from "../src/gpu/device.ts";
 import { Tensor, noGrad, scope } from "../src/tensor/index.ts";
 import * as ops from "../src/tensor/ops/index.ts";
 import { setMatmulTuning, type MatmulTuning } from "../src/tensor/ops/matmul_tuning.ts";
 import { gemm, setMatmulK4 } from "../src/tensor/ops/matmul_gemm.ts";
+import { lastSplit, setSplitK, splitLaunches } from "../src/tensor/ops/split_k.ts";
 import { expectClose, gradCheck, prod, randn, roundF16, toGpu, useGpu } from "./helpers.ts";
 import { type RefActivation, refLinear, refLora, refMatmul } from "./ref/matmul.ts";
 
@@ -16,6 +18,7 @@ useGpu();
 afterEach(() => {
   setMatmulTuning(null);
   setMatmulK4("auto");
+  setSplitK("auto");
 });
 
 // f32 accumulation error (grows with K) plus the f16 rounding of the result: half an ulp, 2^-11
@@ -191,6 +194,71 @@ describe("f16 activations, backward against finite differences", () => {
       // reference is not: hence the wider forward tolerance.
       refFn: ([x, w, b, down, up]) => refLora(x, inF, w, outF, b, down, up, r, scale),
       fwd: { atol: 5e-3, rtol: 3e-3 },
+      bwd: f16Bwd,
+    });
+  });
+});
+
+// Split-K with f16 activations: each chunk sums f16 inputs in f32 into f32 partials; the reduction
+// adds them in f32 and rounds once, so the same one-rounding tolerance holds as unsplit.
+describe("f16 activations, split-K", () => {
+  for (const [kernel, { tuning, k4 }] of Object.entries(KERNELS)) {
+    test(`${kernel}: f16 A and output, f16 or f32 B, bias + GELU and an f16 addend; K 257 (no chunk divides it) and more splits than K steps`, async () => {
+      setMatmulTuning(tuning);
+      setMatmulK4(k4);
+      let seed = 900;
+      for (const s of [3, 1000]) {
+        setSplitK(s);
+        for (const [m, k, n] of [[33, 257, 40], [64, 68, 8], [9, 40, 36]]) {
+          for (const bDtype of ["f16", "f32"] as const) {
+            const x = roundF16(randn(m * k, seed++));
+            const w0 = randn(n * k, seed++, 0.3);
+            const w = bDtype === "f16" ? roundF16(w0) : w0;
+            const bias = randn(n, seed++);
+            const label = `${kernel} split ${s} ${m}x${k}x${n} ${bDtype} weight`;
+            const y = noGrad(() => scope(() => ops.linear(toGpu(x, [m, k], "f16"), toGpu(w, [n, k], bDtype), toGpu(bias, [n]), { activation: "gelu" })));
+            expect(lastSplit("matmul")).toBeGreaterThan(1);
+            expect(y.dtype).toBe("f16");
+            expectClose(await y.read(), roundF16(refLinear(x, k, w, n, bias, "gelu")), f16Tol(k), label);
+            y.dispose();
+            const add = roundF16(randn(m * n, seed++, 100)); // large: a result rounded twice would show
+            const c = noGrad(() => scope(() => gemm(toGpu(x, [m, k], "f16"), toGpu(w, [n, k], bDtype), { transB: true, addend: toGpu(add, [m, n], "f16"), alpha: 0.5 })));
+            const prodRef = refMatmul(x, [m, k], w, [n, k], false, true).data;
+            expectClose(await c.read(), roundF16(prodRef.map((v, i) => 0.5 * v + add[i])), { atol: 1e-6 * k + 1e-3, rtol: 1e-3 }, `${label} addend`);
+            c.dispose();
+          }
+        }
+      }
+    });
+  }
+
+  test("backward on the tiled kernel: f16 gradients of matmul and linear with every product split", async () => {
+    setMatmulTuning({ kind: "tiled", per: 4 });
+    setSplitK(3);
+    const la = [2, 17, 37];
+    const lb = [37, 20];
+    const before = splitLaunches("matmul");
+    await gradCheck({
+      label: "matmul f16 split-K",
+      inputs: [{ data: randn(prod(la), 950), shape: la, dtype: "f16" }, { data: randn(prod(lb), 951), shape: lb, dtype: "f16" }],
+      gpuFn: ([a, b]) => ops.matmul(a, b),
+      refFn: ([a, b]) => refMatmul(a, la, b, lb).data,
+      fwd: f16Tol(37),
+      bwd: f16Bwd,
+    });
+    // The forward (K 37), dA (K 20) and dB (K 2 x 17 rows) all split.
+    expect(splitLaunches("matmul") - before).toBe(3);
+    const [rows, inF, outF] = [34, 20, 18];
+    await gradCheck({
+      label: "linear f16 split-K",
+      inputs: [
+        { data: randn(rows * inF, 952), shape: [rows, inF], dtype: "f16" },
+        { data: randn(outF * inF, 953, 0.5), shape: [outF, inF] },
+        { data: randn(outF, 954), shape: [outF] },
+      ],
+      gpuFn: ([x, w, b]) => ops.linear(x, w, b),
+      refFn: ([x, w, b]) => refLinear(x, inF, w, outF, b),
+      fwd: f16Tol(inF),
       bwd: f16Bwd,
     });
   });

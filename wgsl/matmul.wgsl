@@ -28,8 +28,9 @@ fn fma_rows(a: f32, b: vec4<f32>, acc: ptr<function, array<vec4<f32>, {{ROWS}}>>
 
 @compute @workgroup_size(8)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-  let z = p.z0 + wid.z;
-  let offs = batch_offsets(z);
+  let zz = p.z0 + wid.z;
+  let sl = k_slice(zz);
+  let offs = batch_offsets(sl.x);
   let m0 = wid.y * {{ROWS}}u;
   let nl = wid.x * {{COLS}}u + lane;
   let last_m = p.m - 1u;
@@ -58,7 +59,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
 #endif
 
   var acc: array<vec4<f32>, {{ROWS}}>;
-  for (var k = 0u; k < p.k; k++) {
+  for (var k = sl.y; k < sl.z; k++) {
     let bk = k * p.sbk;
     let b = vec4<f32>(load_b(b0 + bk), load_b(b1 + bk), load_b(b2 + bk), load_b(b3 + bk));
 #if CG2
@@ -95,7 +96,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
 
   // The stores run in a loop whose trip count is not a constant, so that the compiler keeps one copy
   // of them (each store is a per-lane loop; unrolled, they dominate the pipeline's compile time).
-  let c_base = p.c_off + z * p.scz;
+  let c_base = p.c_off + zz * p.scz;
   let rows = min({{ROWS}}u, p.m - min(m0, p.m));
   for (var i = 0u; i < rows; i++) {
     let v = acc[i];

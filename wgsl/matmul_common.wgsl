@@ -3,6 +3,8 @@
 //
 //   C[z, m, n] = act(alpha * sum_k A[z, m, k] * B[z, k, n] + bias[n] + addend[z, m, n])
 //
+// Split-K (matmul_splitk.wgsl): each workgroup layer sums one chunk of K; the host then binds an
+// f32 scratch buffer as C with no epilogue (alpha 1, flags 0) and the reduction applies it.
 // The bias, the addend and the activation are switched by `p.flags` at run time (one pipeline
 // serves every epilogue: pipelines are slow to compile on lavapipe); absent ones bind a dummy.
 // A and B are read through element strides, so either operand may be transposed in memory, and a
@@ -41,8 +43,8 @@ struct Params {
   scn: u32,
   scz: u32,           // element stride of C between batches (m * n unless C is a strided view)
   c_off: u32,         // element offset of batch 0's element (0, 0) in the C binding
-  _pad0: u32,
-  _pad1: u32,
+  splits: u32,        // split-K: chunks of K per product (1: none); layer zz = z0 + wid.z is product zz / splits, chunk zz % splits
+  k_chunk: u32,       // K elements per chunk (k when splits is 1; else a multiple of the kernel's K step)
 }
 
 #if K4
@@ -99,6 +101,13 @@ fn batch_offsets(z: u32) -> vec2<u32> {
     off += c * vec2<u32>(p.bsa[d], p.bsb[d]);
   }
   return off;
+}
+
+/// Split-K: the product (batch index) of dispatch layer `zz` in .x and its K range [.y, .z).
+/// Without a split (splits 1, k_chunk k) that is (zz, 0, k).
+fn k_slice(zz: u32) -> vec3<u32> {
+  let k0 = (zz % p.splits) * p.k_chunk;
+  return vec3<u32>(zz / p.splits, k0, min(p.k, k0 + p.k_chunk));
 }
 
 // erf with |error| < 1.2e-7 (Abramowitz & Stegun 7.1.26 is coarser): Numerical Recipes' erfc

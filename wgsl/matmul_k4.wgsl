@@ -29,13 +29,13 @@ fn dots(x: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>
 
 @compute @workgroup_size(8)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-  let z = p.z0 + wid.z;
-  let offs = batch_offsets(z) / 4u;
+  let zz = p.z0 + wid.z;
+  let sl = k_slice(zz);
+  let offs = batch_offsets(sl.x) / 4u;
   let m0 = wid.y * {{ROWS}}u;
   let nl = wid.x * {{COLS}}u + lane;
   let last_m = p.m - 1u;
   let last_n = p.n - 1u;
-  let k4 = p.k / 4u;
   let sam4 = p.sam / 4u;
   let sbn4 = p.sbn / 4u;
 #unroll g RG
@@ -58,7 +58,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
 #endunroll
 #endunroll
 
-  for (var k = 0u; k < k4; k++) {
+  for (var k = sl.y / 4u; k < sl.z / 4u; k++) {
     let w0 = b4(b0 + k);
     let w1 = b4(b1 + k);
     let w2 = b4(b2 + k);
@@ -88,7 +88,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   // The stores run in a loop whose trip count is not a constant, so that the compiler keeps one copy
   // of them (each store is a per-lane loop; unrolled, they dominate the compile time); the row's
   // accumulators are picked out by a short search.
-  let c_base = p.c_off + z * p.scz;
+  let c_base = p.c_off + zz * p.scz;
   let rows = min({{ROWS}}u, p.m - min(m0, p.m));
   // The bias of this lane's columns, loaded once (per row inside the loop when it runs along m).
   let has_bias = (p.flags & FLAG_BIAS) != 0u;

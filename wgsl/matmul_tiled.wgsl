@@ -46,8 +46,9 @@ fn fetch_b(e: u32, k0: u32, n0: u32, base: u32) -> f32 {
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let z = p.z0 + wid.z;
-  let offs = batch_offsets(z);
+  let zz = p.z0 + wid.z;
+  let sl = k_slice(zz);   // product, and this layer's K range (a multiple of DEPTH from its start)
+  let offs = batch_offsets(sl.x);
   let m0 = wid.y * TILE;
   let n0 = wid.x * TILE;
   let tx = lid % 16u;
@@ -61,10 +62,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   var next_a: array<f32, STAGE>;
   var next_b: array<f32, STAGE>;
 #unroll S STAGE
-  next_a[$S] = fetch_a(lid + $S * 256u, 0u, m0, offs.x);
-  next_b[$S] = fetch_b(lid + $S * 256u, 0u, n0, offs.y);
+  next_a[$S] = fetch_a(lid + $S * 256u, sl.y, m0, offs.x);
+  next_b[$S] = fetch_b(lid + $S * 256u, sl.y, n0, offs.y);
 #endunroll
-  for (var k0 = 0u; k0 < p.k; k0 += DEPTH) {
+  for (var k0 = sl.y; k0 < sl.z; k0 += DEPTH) {
 #unroll S STAGE
     {
       let ca = stage_coords(lid + $S * 256u, a_fast);
@@ -75,7 +76,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 #endunroll
     workgroupBarrier();
     let k1 = k0 + DEPTH;
-    if (k1 < p.k) {
+    if (k1 < sl.z) {
 #unroll S STAGE
       next_a[$S] = fetch_a(lid + $S * 256u, k1, m0, offs.x);
       next_b[$S] = fetch_b(lid + $S * 256u, k1, n0, offs.y);
@@ -99,7 +100,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     workgroupBarrier();
   }
 
-  let c_base = p.c_off + z * p.scz;
+  let c_base = p.c_off + zz * p.scz;
 #unroll I PER
   {
     let m = m0 + 4u * (ty + 16u * ($I / 4)) + $I % 4;

@@ -5,11 +5,13 @@ import commonSrc from "../../../wgsl/matmul_common.wgsl" with { type: "text" };
 import registerSrc from "../../../wgsl/matmul.wgsl" with { type: "text" };
 import tiledSrc from "../../../wgsl/matmul_tiled.wgsl" with { type: "text" };
 import k4Src from "../../../wgsl/matmul_k4.wgsl" with { type: "text" };
-import { gpu, type GpuBinding } from "../../gpu/device.ts";
+import splitkSrc from "../../../wgsl/matmul_splitk.wgsl" with { type: "text" };
+import { gpu, type GpuBinding, type Uniforms } from "../../gpu/device.ts";
 import { Tensor, numel, shapeStr } from "../tensor.ts";
 import { broadcastShapes, broadcastStrides } from "./shape.ts";
-import { matmulTuning, registerRowGroups, tiledDepth, tiledPer } from "./matmul_tuning.ts";
+import { type MatmulTuning, matmulTuning, registerRowGroups, tiledDepth, tiledPer } from "./matmul_tuning.ts";
 import { unrolledSource } from "./unroll.ts";
+import { chooseSplit, recordSplit } from "./split_k.ts";
 
 const REGISTER_SOURCE = commonSrc + "\n" + registerSrc;
 const K4_SOURCE = commonSrc + "\n" + k4Src;
@@ -33,6 +35,7 @@ export function setMatmulK4(mode: "auto" | boolean): void {
   k4Mode = mode;
 }
 const TILED_SOURCE = commonSrc + "\n" + tiledSrc;
+const SPLITK_SOURCE = commonSrc + "\n" + splitkSrc;
 
 export type Activation = "none" | "silu" | "gelu";
 const ACT_CODE: Record<Activation, number> = { none: 0, silu: 1, gelu: 2 };
@@ -132,6 +135,29 @@ export interface GemmTarget {
   dtype?: "f32" | "f16";
 }
 
+/** The shape of a product's launch: workgroups along n and m, the kernel's K step, and its tile parameters. */
+export interface GemmGrid {
+  gx: number;
+  gy: number;
+  /** K elements per step of the kernel: split chunks are multiples of it. */
+  step: number;
+  /** Register kernels: row groups of 8. */
+  rg: number;
+  /** Tiled kernel: accumulators per invocation side. */
+  per: 4 | 8;
+}
+
+/** The grid of an m x n product (times `batch`) on `tuning`'s kernel (`k4`: the vec4-along-k register kernel). */
+export function gemmGrid(tuning: MatmulTuning, m: number, n: number, batch: number, k4: boolean): GemmGrid {
+  if (tuning.kind === "register") {
+    // k4: 16 rows at most (more accumulators spill and make the pipeline slow to compile and to run).
+    const rg = k4 ? Math.min(K4_ROW_GROUPS, registerRowGroups(tuning, m)) : registerRowGroups(tuning, m);
+    return { gx: Math.ceil(n / (32 * tuning.colGroups)), gy: Math.ceil(m / (8 * rg)), step: k4 ? 4 : 1, rg, per: 4 };
+  }
+  const per = tiledPer(tuning, m, n, batch);
+  return { gx: Math.ceil(n / (16 * per)), gy: Math.ceil(m / (16 * per)), step: tiledDepth(tuning, per), rg: 1, per };
+}
+
 /** C = act(alpha * op(A) op(B) + bias + addend), batched with numpy broadcasting of the batch dims. */
 export function gemm(a: Tensor, b: Tensor, opts: GemmOptions = {}): Tensor {
   return launch(a, b, opts, null)!;
@@ -211,25 +237,25 @@ function launch(a: Tensor, b: Tensor, opts: GemmOptions, target: GemmTarget | nu
   }
   // The kernel's A operand (b when swapped) and C: f16 activations read and written as f16.
   const [first, second] = swap ? [b, a] : [a, b];
-  const half = { A_F16: first.dtype === "f16", C_F16: outDtype === "f16" };
   const secondF16 = second.dtype === "f16";
-  const halfDefs = { ...half, HALF: half.A_F16 || half.C_F16 };
-  let kernel;
-  let gx: number;
-  let gy: number;
   // Both operands contiguous along k, k a multiple of 4 and every row start 4-aligned: 4 k per load.
   const k4Wanted = k4Mode === "auto" ? bF16 || prod.m <= K4_F32_MAX_ROWS : k4Mode;
   const k4 = tuning.kind === "register" && k4Wanted && k > 0 && k % 4 === 0 && prod.sak === 1 && prod.sbk === 1 &&
     prod.sam % 4 === 0 && prod.sbn % 4 === 0 && [...prod.bsa, ...prod.bsb].every((v) => v % 4 === 0) && (!swap || !bF16);
+  const { gx, gy, step, rg, per } = gemmGrid(tuning, prod.m, prod.n, zTotal, k4);
+  if (gx > g.maxGroupsPerDim || gy > g.maxGroupsPerDim) {
+    throw new Error(`${op}: output ${shapeStr(outShape)} needs ${gx}x${gy} workgroups, over the ${g.maxGroupsPerDim} per dimension limit`);
+  }
+  const split = chooseSplit(g, { groups: gx * gy * zTotal, k, step, partialBytes: 4 * zTotal * prod.m * prod.n });
+  recordSplit("matmul", split.splits);
+  // A split writes f32 partials (no epilogue); the reduction writes C.
+  const cHalf = outDtype === "f16" && split.splits === 1;
+  const halfDefs = { A_F16: first.dtype === "f16", C_F16: cHalf, HALF: first.dtype === "f16" || cHalf };
+  let kernel;
   if (tuning.kind === "register" && k4) {
-    // 16 rows: more accumulators spill and make the pipeline slow to compile and to run.
-    const rg = Math.min(K4_ROW_GROUPS, registerRowGroups(tuning, prod.m));
     const defs = { SUBGROUPS: true, K4: true, B_F16: secondF16, RG: rg, ROWS: 8 * rg, CG2: tuning.colGroups === 2, COLS: 32 * tuning.colGroups, ...halfDefs };
     kernel = g.kernel("matmul_k4", unrolledSource("matmul_k4", K4_SOURCE, defs), defs);
-    gx = Math.ceil(prod.n / (32 * tuning.colGroups));
-    gy = Math.ceil(prod.m / (8 * rg));
   } else if (tuning.kind === "register") {
-    const rg = registerRowGroups(tuning, prod.m);
     kernel = g.kernel("matmul", REGISTER_SOURCE, {
       ...halfDefs,
       SUBGROUPS: true,
@@ -241,33 +267,42 @@ function launch(a: Tensor, b: Tensor, opts: GemmOptions, target: GemmTarget | nu
       CG2: tuning.colGroups === 2,
       COLS: 32 * tuning.colGroups,
     });
-    gx = Math.ceil(prod.n / (32 * tuning.colGroups));
-    gy = Math.ceil(prod.m / (8 * rg));
   } else {
-    const per = tiledPer(tuning, prod.m, prod.n, zTotal);
-    const depth = tiledDepth(tuning, per);
-    const defs = { B_F16: secondF16, PER: per, PV: per / 4, DEPTH: depth, STAGE: (16 * per * depth) / 256, ...halfDefs };
+    const defs = { B_F16: secondF16, PER: per, PV: per / 4, DEPTH: step, STAGE: (16 * per * step) / 256, ...halfDefs };
     kernel = g.kernel("matmul_tiled", unrolledSource("matmul_tiled", TILED_SOURCE, defs), defs);
-    gx = Math.ceil(prod.n / (16 * per));
-    gy = Math.ceil(prod.m / (16 * per));
-  }
-  if (gx > g.maxGroupsPerDim || gy > g.maxGroupsPerDim) {
-    throw new Error(`${op}: output ${shapeStr(outShape)} needs ${gx}x${gy} workgroups, over the ${g.maxGroupsPerDim} per dimension limit`);
   }
 
   const flags = (bias ? FLAG_BIAS : 0) | (addend ? FLAG_ADDEND : 0) | (prod.biasRows ? FLAG_BIAS_ROWS : 0) |
     (ACT_CODE[opts.activation ?? "none"] << ACT_SHIFT);
   const dummy: GpuBinding = a.binding();
-  const bindings = [first.binding(), second.binding(), bias ? bias.binding() : dummy, addend ? addend.binding() : dummy, target ? target.binding : out!.binding()];
-  for (let z0 = 0; z0 < zTotal; z0 += g.maxGroupsPerDim) {
-    const gz = Math.min(g.maxGroupsPerDim, zTotal - z0);
-    g.dispatch(kernel, bindings, [
-      "u".repeat(20) + "fuuuuuuu",
-      prod.m, prod.n, k, z0,
-      prod.sam, prod.sak, prod.sbk, prod.sbn,
-      ...padFront(bdims, 1), ...padFront(prod.bsa, 0), ...padFront(prod.bsb, 0),
-      opts.alpha ?? 1, flags, prod.scm, prod.scn, target ? target.sz : prod.m * prod.n, target ? target.offset : 0, 0, 0,
-    ], [gx, gy, gz]);
+  const cBinding = target ? target.binding : out!.binding();
+  const shape = [prod.m, prod.n, k] as const;
+  const strides = [prod.sam, prod.sak, prod.sbk, prod.sbn, ...padFront(bdims, 1), ...padFront(prod.bsa, 0), ...padFront(prod.bsb, 0)];
+  const params = (z0: number, alpha: number, fl: number, scm: number, scn: number, scz: number, cOff: number): Uniforms =>
+    ["u".repeat(20) + "fuuuuuuu", shape[0], shape[1], shape[2], z0, ...strides, alpha, fl, scm, scn, scz, cOff, split.splits, split.chunk];
+  const scz = target ? target.sz : prod.m * prod.n;
+  const cOff = target ? target.offset : 0;
+  if (split.splits === 1) {
+    const bindings = [first.binding(), second.binding(), bias ? bias.binding() : dummy, addend ? addend.binding() : dummy, cBinding];
+    for (let z0 = 0; z0 < zTotal; z0 += g.maxGroupsPerDim) {
+      g.dispatch(kernel, bindings, params(z0, opts.alpha ?? 1, flags, prod.scm, prod.scn, scz, cOff), [gx, gy, Math.min(g.maxGroupsPerDim, zTotal - z0)]);
+    }
+    return out;
   }
+  // Split-K: each chunk's raw sums into f32 partials, then one reduction applies the epilogue.
+  const layers = zTotal * split.splits;
+  const partial = Tensor.empty([layers, prod.m, prod.n], "f32", `${op}.split_k`); // [products * splits, m, n]
+  const pb = [first.binding(), second.binding(), dummy, dummy, partial.binding()];
+  for (let z0 = 0; z0 < layers; z0 += g.maxGroupsPerDim) {
+    g.dispatch(kernel, pb, params(z0, 1, 0, prod.n, 1, prod.m * prod.n, 0), [gx, gy, Math.min(g.maxGroupsPerDim, layers - z0)]);
+  }
+  const reduce = g.kernel("matmul_splitk", SPLITK_SOURCE, { C_F16: outDtype === "f16", HALF: outDtype === "f16" });
+  const pd = partial.binding();
+  const rb = [pd, pd, bias ? bias.binding() : pd, addend ? addend.binding() : pd, cBinding];
+  const [rx, ry] = g.grid(Math.ceil((prod.m * prod.n) / 256));
+  for (let z0 = 0; z0 < zTotal; z0 += g.maxGroupsPerDim) {
+    g.dispatch(reduce, rb, params(z0, opts.alpha ?? 1, flags, prod.scm, prod.scn, scz, cOff), [rx, ry, Math.min(g.maxGroupsPerDim, zTotal - z0)]);
+  }
+  partial.dispose();
   return out;
 }

@@ -31,7 +31,8 @@ export type MatmulTuning = RegisterMatmul | TiledMatmul;
 export const REGISTER_SUBGROUP = 8;
 
 const CPU_TUNING: RegisterMatmul = { kind: "register", rowGroups: 4, colGroups: 1 };
-const GPU_TUNING: TiledMatmul = { kind: "tiled", per: "auto" };
+/** What real GPUs get (exported for tests of per-adapter choices that build on it, e.g. split-K). */
+export const GPU_TUNING: TiledMatmul = { kind: "tiled", per: "auto" };
 
 let override: MatmulTuning | null = null;
 const chosen = new WeakMap<Gpu, MatmulTuning>();
