@@ -4,7 +4,7 @@
 // register-blocked kernel with and without subgroup sharing, the workgroup-memory tiles, im2col +
 // matmul), passes split over images and over reduction channels; backward against central finite
 // differences with each gradient in its tensor's dtype (dx f16, dW and db f32 or f16), on the
-// register and tiled input- and weight-gradient kernels.
+// register and tiled input- and weight-gradient kernels; the tiles also with K split (split-K).
 import { afterEach, describe, expect, test } from "bun:test";
 import { gpu } from "../src/gpu/device.ts";
 import { Tensor, backward, clearTape, noGrad } from "../src/tensor/index.ts";
@@ -12,12 +12,14 @@ import * as ops from "../src/tensor/ops/index.ts";
 import { convGeometry, setBindingLimitForTests } from "../src/tensor/ops/conv_geometry.ts";
 import { convForwardUsesIm2col, setConvIm2col } from "../src/tensor/ops/conv_gemm.ts";
 import { type ConvTuning, setConvTuning } from "../src/tensor/ops/conv_tuning.ts";
+import { lastSplit, setSplitK, splitLaunches } from "../src/tensor/ops/split_k.ts";
 import { expectClose, gradCheck, prod, randn, roundF16, toGpu, useGpu } from "./helpers.ts";
 import { type ConvRefGeometry, conv2dGradsRef, conv2dRef, convOutSize } from "./ref/conv.ts";
 
 useGpu();
 afterEach(() => {
   setConvTuning(null);
+  setSplitK("auto");
   setConvIm2col(true);
   setBindingLimitForTests(null);
   clearTape();
@@ -232,6 +234,65 @@ describe("conv2d on f16 activations: passes over the binding limit", () => {
         }
       }
     }
+  });
+});
+
+// Split-K on the tiles (what a GPU with shader-f16 runs for small images and many channels): each
+// K chunk sums f16 inputs in f32 into f32 partials, the reduction adds them and the bias in f32 and
+// rounds once, so the one-rounding tolerance above still holds.
+describe("conv2d on f16 activations, split-K", () => {
+  test("forward vs the float64 reference, f32 and f16 parameters, 3 splits and more than the K steps", async () => {
+    setConvTuning(VARIANTS["workgroup-memory tiles"]);
+    let seed = 2000;
+    for (const s of [3, 1000]) {
+      setSplitK(s);
+      for (const paramDtype of ["f32", "f16"] as const) {
+        for (const [label, g, bias] of FORWARD_CASES) {
+          await forwardCase(`split ${s}, ${paramDtype} parameters: ${label}`, g, (seed += 10), paramDtype, bias);
+          // K = Cin * taps in steps of 16: a split wherever there are two steps or more.
+          expect(lastSplit("conv")! > 1).toBe(g.cin * g.kh * g.kw > 16);
+        }
+      }
+    }
+  });
+
+  test("backward: f16 dx, dW and db in the parameters' dtype, every product split", async () => {
+    setConvTuning(VARIANTS["workgroup-memory tiles"]);
+    setSplitK(3);
+    // 3x3 pad 1, batch 2, Cin 3, Cout 4 at 5x4: forward K 27, dx K 36, dW K 2 x 20 pixels = 40.
+    const [label, g] = GRAD_CASES[0];
+    for (const paramDtype of ["f32", "f16"] as const) {
+      const before = { conv: splitLaunches("conv"), wgrad: splitLaunches("conv weight gradient") };
+      await gradCase(`split-K ${label}, ${paramDtype} parameters`, g, 2100, paramDtype);
+      expect(splitLaunches("conv") - before.conv).toBe(2);
+      expect(splitLaunches("conv weight gradient") - before.wgrad).toBe(1);
+    }
+  });
+
+  test("the im2col forward (CPU adapters, Cout >= 256) splits as a matmul into the f16 NCHW output", async () => {
+    setSplitK(3);
+    const g = geo(2, 4, 5, 6, 256, 3, 3, [1, 1], [1, 1, 1, 1]);
+    for (const paramDtype of ["f32", "f16"] as const) {
+      const usesIm2col = convForwardUsesIm2col(convGeometry(xShape(g), wShape(g), opts(g)));
+      await forwardCase(`im2col split-K, ${paramDtype} parameters`, g, 2300, paramDtype);
+      expect(usesIm2col ? lastSplit("matmul") : lastSplit("conv")).toBeGreaterThan(1);
+    }
+  });
+
+  test("passes over the binding limit that split the reduction channels: f32 partials, one rounding at the end", async () => {
+    setConvTuning(VARIANTS["workgroup-memory tiles"]);
+    setSplitK(3);
+    const g = geo(3, 20, 9, 8, 37, 3, 3, [1, 1], [1, 1, 1, 1]);
+    const d = data(g, 2200, "f32");
+    const x = toGpu(d.x, xShape(g), "f16");
+    const w = toGpu(d.w, wShape(g));
+    const b = toGpu(d.b, [g.cout]);
+    setBindingLimitForTests(7 * 1024);
+    const y = noGrad(() => ops.conv2d(x, w, b, opts(g)));
+    expect(lastSplit("conv")).toBeGreaterThan(1);
+    expect(y.dtype).toBe("f16");
+    expectClose(await y.read(), conv2dRef(d.x, d.w, d.b, g), f16Tol(g.cin * 9), "split passes");
+    for (const t of [x, w, b, y]) t.dispose();
   });
 });
 

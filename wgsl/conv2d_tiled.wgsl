@@ -7,6 +7,10 @@
 // MODE_WGRAD (the same sums as conv2d_wgrad.wgsl):
 //   k = n * out_hw + pixel;  A[m, k] = dy[n, m, pixel];  B[k, col] = x[n, ci, iy, ix] with
 //   col = ci * taps + tap;  C -> dw[m, col].
+// Split-K (conv2d_splitk.wgsl sums the chunks): a workgroup sums one chunk of K (a multiple of BK)
+// and the host binds f32 partials as dst / dw with no bias and no accumulation; workgroup layer
+// wid.z = image * splits + chunk (forward), = chunk (MODE_WGRAD: the partials of chunk s are rows
+// s * m + row).
 // Invocation (tx, ty) of a (WGX, WGY) workgroup owns rows ty + i * WGY and columns tx + j * WGX.
 //   defines: BM, BN, BK, TM, TN, WGX (= BN / TN), WGY (= BM / TM), BIAS_F16 (a dummy bias is bound
 //            when `has_bias` is 0),
@@ -30,7 +34,7 @@ struct Params {
   sh: u32, sw: u32, pad_t: u32, pad_l: u32,
   x_off: u32, x_bstride: u32, dy_off: u32, dy_bstride: u32,
   batch: u32, cols: u32, m_first: u32, col_first: u32,
-  accumulate: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+  accumulate: u32, splits: u32, k_chunk: u32, _pad2: u32,
 }
 @group(0) @binding(0) var<storage, read> dy: array<S>;
 @group(0) @binding(1) var<storage, read> x: array<S>;
@@ -43,7 +47,7 @@ struct Params {
   sh: u32, sw: u32, pad_t: u32, pad_l: u32,
   src_off: u32, src_bstride: u32, dst_off: u32, dst_bstride: u32,
   w_base: u32, w_tap_stride: u32, m_pad4: u32, m_first: u32,
-  accumulate: u32, has_bias: u32, _pad1: u32, _pad2: u32,
+  accumulate: u32, has_bias: u32, splits: u32, k_chunk: u32,
 }
 @group(0) @binding(0) var<storage, read> src: array<S>;
 @group(0) @binding(1) var<storage, read> wp: array<f32>;
@@ -133,17 +137,20 @@ var<private> wid_n: u32;
 @compute @workgroup_size({{WGX}}, {{WGY}})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-  wid_n = wid.z;
+  // Split-K: workgroup layer wid.z is image wid.z / splits (always 0 for MODE_WGRAD, whose images
+  // lie along K) summing K chunk wid.z % splits; without a split, splits 1 and k_chunk the whole K.
+  wid_n = wid.z / p.splits;
+  let k_begin = (wid.z % p.splits) * p.k_chunk;
   let row0 = wid.y * {{BM}}u;
   let col0 = wid.x * {{BN}}u;
   let tx = lid3.x;
   let ty = lid3.y;
-  let kt = k_total();
+  let k_end = min(k_total(), k_begin + p.k_chunk);
 
   var acc: array<f32, {{TM}} * {{TN}}>;
   for (var a = 0u; a < {{TM}}u * {{TN}}u; a++) { acc[a] = 0.0; }
 
-  for (var k0 = 0u; k0 < kt; k0 += {{BK}}u) {
+  for (var k0 = k_begin; k0 < k_end; k0 += {{BK}}u) {
     for (var e = lid; e < {{BK}}u * {{BM}}u; e += THREADS) {
 #if MODE_WGRAD
       let mm = e / {{BK}}u;     // consecutive invocations walk k (contiguous pixels of dy)
@@ -182,7 +189,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       if (col >= n_cols()) { continue; }
       var r = acc[i * {{TN}}u + j];
 #if MODE_WGRAD
-      let di = (p.m_first + m) * p.cols + p.col_first + col;
+      let di = (wid.z * p.m + p.m_first + m) * p.cols + p.col_first + col;  // wid.z: a split's chunk (0 unsplit)
       if (p.accumulate != 0u) { r += dw[di]; }
       dw[di] = r;
 #else

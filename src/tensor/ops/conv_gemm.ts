@@ -10,14 +10,16 @@ import tiledSrc from "../../../wgsl/conv2d_tiled.wgsl" with { type: "text" };
 import weightsSrc from "../../../wgsl/conv2d_weights.wgsl" with { type: "text" };
 import wgradSrc from "../../../wgsl/conv2d_wgrad.wgsl" with { type: "text" };
 import im2colSrc from "../../../wgsl/conv2d_im2col.wgsl" with { type: "text" };
+import splitkSrc from "../../../wgsl/conv2d_splitk.wgsl" with { type: "text" };
 import { gemmInto } from "./matmul_gemm.ts";
 import { castRaw } from "./cast.ts";
 import { matmulTuning } from "./matmul_tuning.ts";
-import { gpu, type Uniforms } from "../../gpu/device.ts";
+import { gpu, type GpuBinding, type Uniforms } from "../../gpu/device.ts";
 import { Tensor, numel } from "../tensor.ts";
 import { keep } from "../scope.ts";
 import { type ConvGeometry, type ConvPass, bindingLimitBytes, planPasses, windowBinding } from "./conv_geometry.ts";
 import { type RegisterTiles, type SharedTiles, convTuning } from "./conv_tuning.ts";
+import { type SplitProblem, chooseSplit, recordSplit } from "./split_k.ts";
 
 const roundUp = (v: number, m: number) => Math.ceil(v / m) * m;
 
@@ -97,6 +99,8 @@ export function convGemm(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tens
   const dtype = src.dtype as "f32" | "f16";
   const label = mode === "forward" ? "conv2d" : "conv2d.grad_input";
   if (numel(dstShape) === 0) return Tensor.empty(dstShape, dtype, label);
+  // Only the tiled passes split K here (the im2col forward's product splits as a matmul).
+  if (tiles.kind === "register") recordSplit("conv", 1);
   if (mode === "forward" && im2colApplies(bias, geo)) {
     const dst = Tensor.empty(dstShape, dtype, label);
     convIm2col(src, weight, bias, geo, dst);
@@ -264,6 +268,48 @@ function sharedDefines(t: SharedTiles) {
   return { BM: t.bm, BN: t.bn, BK: t.bk, TM: t.tm, TN: t.tn, WGX: t.bn / t.tn, WGY: t.bm / t.tm };
 }
 
+/**
+ * One tiled pass's reduction as split-K sees it (conv2d_tiled.wgsl's grid):
+ *   forward / inputGrad: tiles of rows (Cout or Cin) x output pixels per image, K = taps * channels;
+ *   weightGrad: tiles of Cout x (Cin * taps), K = images * output pixels (the pass's images).
+ */
+export function tiledSplitProblem(mode: GemmMode | "weightGrad", geo: ConvGeometry, ps: ConvPass, t: SharedTiles, maxGroupsPerDim: number): SplitProblem {
+  const taps = geo.kh * geo.kw;
+  if (mode === "weightGrad") {
+    const ncols = ps.cc * taps;
+    return { groups: Math.ceil(ncols / t.bn) * Math.ceil(ps.mc / t.bm), k: ps.nc * geo.ho * geo.wo, step: t.bk, partialBytes: 4 * ps.mc * ncols, cap: maxGroupsPerDim };
+  }
+  const dstPlane = mode === "forward" ? geo.ho * geo.wo : geo.h * geo.w;
+  return {
+    groups: Math.ceil(dstPlane / t.bn) * Math.ceil(ps.mc / t.bm) * ps.nc, k: taps * ps.cc, step: t.bk,
+    partialBytes: 4 * ps.nc * ps.mc * dstPlane, cap: Math.floor(maxGroupsPerDim / ps.nc),
+  };
+}
+
+/** Where a split pass's sums go: the element (image, row, col) of the pass is out[off + image * bstride + row * mstride + col]. */
+interface SplitTarget {
+  images: number;
+  rows: number;
+  cols: number;
+  /** The bias index of the pass's row 0. */
+  mFirst: number;
+  off: number;
+  bstride: number;
+  mstride: number;
+  /** Add into what the target holds (a later pass) instead of adding the bias. */
+  accumulate: boolean;
+}
+
+/** Sum `splits` chunks of f32 partials [images * splits, rows, cols] into the target (conv2d_splitk.wgsl). */
+function reduceSplits(part: Tensor, splits: number, bias: Tensor | null, out: { binding: GpuBinding; dtype: "f32" | "f16" }, t: SplitTarget): void {
+  const g = gpu();
+  const dstF16 = out.dtype === "f16";
+  const kernel = g.kernel("conv2d_splitk", splitkSrc, { DST_F16: dstF16, BIAS_F16: bias?.dtype === "f16", HALF: dstF16 || bias?.dtype === "f16" });
+  const u: Uniforms = ["u".repeat(12), t.rows, t.cols, splits, t.mFirst, t.off, t.bstride, t.mstride, t.accumulate ? 1 : 0, bias && !t.accumulate ? 1 : 0, 0, 0, 0];
+  const [gx, gy] = g.grid(Math.ceil((t.rows * t.cols) / 256));
+  g.dispatch(kernel, [part.binding(), (bias ?? part).binding(), out.binding], u, [gx, gy, t.images]);
+}
+
 /** The workgroup-memory tiled passes; returns the result [N, M, dstH, dstW] in `passDtype`. */
 function convTiled(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tensor | null, geo: ConvGeometry, dstShape: number[], label: string, t: SharedTiles): Tensor {
   const g = gpu();
@@ -276,26 +322,39 @@ function convTiled(mode: GemmMode, src: Tensor, weight: Tensor, bias: Tensor | n
   const dstPlane = v.dstH * v.dstW;
   const passes = planPasses(geo.n, v.m, v.c, srcPlane, dstPlane, 4, 1, "conv2d");
   const dst = Tensor.empty(dstShape, passDtype(src, passes), label);
-  const half = { SRC_F16: src.dtype === "f16", DST_F16: dst.dtype === "f16" };
-  const kernel = g.kernel("conv2d_tiled", tiledSrc, {
+  const srcF16 = src.dtype === "f16";
+  // A split pass writes f32 partials; conv2d_splitk.wgsl then writes dst.
+  const kernelFor = (dstF16: boolean) => g.kernel("conv2d_tiled", tiledSrc, {
     BIAS_F16: bias?.dtype === "f16", BWD_INPUT: mode === "inputGrad", MODE_WGRAD: false, ...sharedDefines(t),
-    ...half, HALF: half.SRC_F16 || half.DST_F16 || bias?.dtype === "f16",
+    SRC_F16: srcF16, DST_F16: dstF16, HALF: srcF16 || dstF16 || bias?.dtype === "f16",
   });
   for (const ps of passes) {
     const s = windowBinding(src, (ps.n0 * v.c + ps.c0) * srcPlane, ((ps.nc - 1) * v.c + ps.cc) * srcPlane);
     const d = windowBinding(dst, (ps.n0 * v.m + ps.m0) * dstPlane, ((ps.nc - 1) * v.m + ps.mc) * dstPlane);
+    const groups = [Math.ceil(dstPlane / t.bn), Math.ceil(ps.mc / t.bm), ps.nc];
+    const split = chooseSplit(g, tiledSplitProblem(mode, geo, ps, t, g.maxGroupsPerDim));
+    recordSplit("conv", split.splits);
     // The tiled kernel reads the panels as f32 with 4 * (vec4 offsets) and clamps rows to m.
-    const u: Uniforms = [
+    const u = (dstOff: number, dstBstride: number, accumulate: boolean, hasBias: boolean): Uniforms => [
       "u".repeat(24),
       ps.mc, ps.cc, taps, geo.kw,
       v.srcH, v.srcW, v.dstH, v.dstW,
       geo.sh, geo.sw, geo.pt, geo.pl,
-      s.skip, v.c * srcPlane, d.skip, v.m * dstPlane,
+      s.skip, v.c * srcPlane, dstOff, dstBstride,
       (ps.c0 * mPad + ps.m0) / 4, (cPad * mPad) / 4, mPad / 4, ps.m0,
-      ps.c0 > 0 ? 1 : 0, bias ? 1 : 0, 0, 0,
+      accumulate ? 1 : 0, hasBias ? 1 : 0, split.splits, split.chunk,
     ];
-    const bindings = [s.binding, panels.binding(), (bias ?? panels).binding(), d.binding];
-    g.dispatch(kernel, bindings, u, [Math.ceil(dstPlane / t.bn), Math.ceil(ps.mc / t.bm), ps.nc]);
+    if (split.splits === 1) {
+      const bindings = [s.binding, panels.binding(), (bias ?? panels).binding(), d.binding];
+      g.dispatch(kernelFor(dst.dtype === "f16"), bindings, u(d.skip, v.m * dstPlane, ps.c0 > 0, bias !== null), groups);
+      continue;
+    }
+    const part = Tensor.empty([ps.nc * split.splits, ps.mc, dstPlane], "f32", `${label}.split_k`); // [images * splits, rows, pixels]
+    g.dispatch(kernelFor(false), [s.binding, panels.binding(), panels.binding(), part.binding()], u(0, ps.mc * dstPlane, false, false), [groups[0], groups[1], ps.nc * split.splits]);
+    reduceSplits(part, split.splits, bias, { binding: d.binding, dtype: dst.dtype as "f32" | "f16" }, {
+      images: ps.nc, rows: ps.mc, cols: dstPlane, mFirst: ps.m0, off: d.skip, bstride: v.m * dstPlane, mstride: dstPlane, accumulate: ps.c0 > 0,
+    });
+    part.dispose();
   }
   panels.dispose();
   return dst;
@@ -325,19 +384,36 @@ export function convWeightGrad(dy: Tensor, x: Tensor, geo: ConvGeometry): Tensor
   for (const ps of passes) {
     const xs = windowBinding(x, (ps.n0 * geo.cin + ps.c0) * inPlane, ((ps.nc - 1) * geo.cin + ps.cc) * inPlane);
     const ds = windowBinding(dy, (ps.n0 * geo.cout + ps.m0) * outPlane, ((ps.nc - 1) * geo.cout + ps.mc) * outPlane);
-    const u: Uniforms = [
+    const ncols = ps.cc * taps;
+    const groups = tiles.kind === "register"
+      ? [Math.ceil(ncols / (tiles.wg * tiles.tn)), Math.ceil(ps.mc / tiles.tm), 1]
+      : [Math.ceil(ncols / tiles.bn), Math.ceil(ps.mc / tiles.bm), 1];
+    // The reduction runs over the pass's images and output pixels: long where images are large and
+    // channels few (the VAE's outer convs), where the (Cout x Cin * taps) tile grid is small.
+    const split = tiles.kind === "register"
+      ? { splits: 1, chunk: ps.nc * outPlane }
+      : chooseSplit(g, tiledSplitProblem("weightGrad", geo, ps, tiles, g.maxGroupsPerDim));
+    recordSplit("conv weight gradient", split.splits);
+    const repeat = isRepeatBlock(passes, ps);
+    const u = (cols: number, mFirst: number, colFirst: number, accumulate: boolean): Uniforms => [
       "u".repeat(24),
-      ps.mc, ps.cc * taps, taps, geo.kw,
+      ps.mc, ncols, taps, geo.kw,
       geo.h, geo.w, geo.ho, geo.wo,
       geo.sh, geo.sw, geo.pt, geo.pl,
       xs.skip, geo.cin * inPlane, ds.skip, geo.cout * outPlane,
-      ps.nc, cols, ps.m0, ps.c0 * taps,
-      isRepeatBlock(passes, ps) ? 1 : 0, 0, 0, 0,
+      ps.nc, cols, mFirst, colFirst,
+      accumulate ? 1 : 0, split.splits, split.chunk, 0,
     ];
-    const groups = tiles.kind === "register"
-      ? [Math.ceil((ps.cc * taps) / (tiles.wg * tiles.tn)), Math.ceil(ps.mc / tiles.tm), 1]
-      : [Math.ceil((ps.cc * taps) / tiles.bn), Math.ceil(ps.mc / tiles.bm), 1];
-    g.dispatch(kernel, [ds.binding, xs.binding, dw.binding()], u, groups);
+    if (split.splits === 1) {
+      g.dispatch(kernel, [ds.binding, xs.binding, dw.binding()], u(cols, ps.m0, ps.c0 * taps, repeat), groups);
+      continue;
+    }
+    const part = Tensor.empty([split.splits, ps.mc, ncols], "f32", "conv2d.grad_weight.split_k"); // [splits, rows, (ci, tap) columns]
+    g.dispatch(kernel, [ds.binding, xs.binding, part.binding()], u(ncols, 0, 0, false), [groups[0], groups[1], split.splits]);
+    reduceSplits(part, split.splits, null, { binding: dw.binding(), dtype: "f32" }, {
+      images: 1, rows: ps.mc, cols: ncols, mFirst: 0, off: ps.m0 * cols + ps.c0 * taps, bstride: 0, mstride: cols, accumulate: repeat,
+    });
+    part.dispose();
   }
   return dw;
 }

@@ -40,7 +40,8 @@ const CPU_TUNING: ConvTuning = {
   weightGrad: { kind: "register", wg: 64, tm: 16, tn: 2, subgroup: 0 },
 };
 
-const GPU_TUNING: ConvTuning = {
+/** What real GPUs get (exported for tests of per-adapter choices that build on it, e.g. split-K). */
+export const GPU_TUNING: ConvTuning = {
   forward: { kind: "shared", bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 },
   weightGrad: { kind: "shared", bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 },
 };
