@@ -38,7 +38,7 @@ step kernel tests
 # tests/matmul_f16.test.ts and tests/elementwise_f16.test.ts (f16 activations) need shader-f16, which
 # the H200's Dawn does not offer by default (see above): add them by TESTS= (with RL4PIX_DAWN_FLAGS
 # set as above) where a doctor lists shader-f16.
-TESTS=${TESTS:-tests/matmul.test.ts tests/conv.test.ts tests/attention.test.ts tests/norm.test.ts tests/elementwise.test.ts \
+TESTS=${TESTS:-tests/matmul.test.ts tests/conv.test.ts tests/matmul_splitk.test.ts tests/conv_splitk.test.ts tests/attention.test.ts tests/norm.test.ts tests/elementwise.test.ts \
   tests/layout.test.ts tests/embedding.test.ts tests/random.test.ts tests/optim.test.ts tests/cast.test.ts tests/runtime.test.ts \
   tests/adapter_report.test.ts tests/torch_cuda.test.ts}
 # shellcheck disable=SC2086
@@ -70,6 +70,8 @@ cat "$R/cublas.json"
 fi
 
 if want kernels; then
+# bench all includes matmul's and conv's split-K rows (on vs off at the SD UNet's 16x16 / 8x8
+# 1280-channel shapes, each "on" row with its speed ratio): printed apart below.
 step bench kernels
 timeout $(tmo 150) bun cli.ts bench all --json > "$R/bench-kernels.json" 2> "$R/bench-kernels.err"
 echo "bench rc=$?"
@@ -94,6 +96,12 @@ for f in "$R"/bench-*.json; do
   echo "-- $(basename "$f")"
   grep -E '"(name|shape|ms|gflops|gbps|peakBytes|note)"' "$f" | tr -s ' ' | paste -sd' ' | sed 's/"name"/\n"name"/g' | cut -c1-300
 done
+
+step split-K on vs off
+bun -e '
+let j; try { j = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")); } catch { process.exit(0); }
+for (const r of j.rows ?? []) if (/split-K on$/.test(r.name)) console.log([r.name, r.shape, Number(r.ms).toFixed(3) + " ms", r.note ?? ""].join(" | "));
+' "$R/bench-kernels.json"
 
 step PyTorch rows on this GPU, next to ours
 bun -e '

@@ -12,8 +12,9 @@ import { backward, clearTape, noGrad } from "../src/tensor/index.ts";
 import * as ops from "../src/tensor/ops/index.ts";
 import { convForwardUsesIm2col, tiledSplitProblem } from "../src/tensor/ops/conv_gemm.ts";
 import { type ConvPass, convGeometry, setBindingLimitForTests } from "../src/tensor/ops/conv_geometry.ts";
-import { type ConvTuning, GPU_TUNING, setConvTuning } from "../src/tensor/ops/conv_tuning.ts";
+import { type ConvTuning, GPU_TUNING, convTuning, setConvTuning } from "../src/tensor/ops/conv_tuning.ts";
 import { decideSplit, lastSplit, setSplitK, splitKPolicy, splitLaunches } from "../src/tensor/ops/split_k.ts";
+import { FORCED_SPLIT, benchConvSplitK } from "../src/bench/split_k.ts";
 import { expectClose, gradCheck, randn, toGpu, useGpu } from "./helpers.ts";
 import { type ConvRefGeometry, conv2dGradsRef, conv2dRef, convOutSize } from "./ref/conv.ts";
 
@@ -240,3 +241,28 @@ describe("split-K choice per adapter (SD-1.5 UNet at 512 px)", () => {
     for (const t of [x, w, b, y]) t.dispose();
   });
 });
+
+describe("split-K rows of `rl4pix bench conv`", () => {
+  test("off and on rows; where no kernel of the path splits (the register input gradient of CPU adapters), only the off row, saying so", async () => {
+    const rows = await benchConvSplitK(1, [{ n: 1, channels: 256, hw: 4 }, { n: 1, channels: 16, hw: 4, inputGrad: true }]);
+    const register = convTuningIsRegister();
+    expect(rows.map((r) => `${r.name} ${r.shape}`)).toEqual([
+      "conv3x3 split-K off 256->256 4x4 b1", "conv3x3 split-K on 256->256 4x4 b1",
+      "conv3x3 input grad split-K off 16->16 4x4 b1", ...(register ? [] : ["conv3x3 input grad split-K on 16->16 4x4 b1"]),
+    ]);
+    for (const r of rows) expect(r.gflops!).toBeGreaterThan(0);
+    // 256 channels run as im2col + matmul on lavapipe, whose product splits when forced; a GPU's
+    // policy splits this one-tile conv itself.
+    expect(rows[1].note).toMatch(/split [2-9]\d* \((forced|the adapter's choice)\); [0-9.]+x the speed of off/);
+    if (register) {
+      expect(rows[1].note).toContain(`split ${FORCED_SPLIT} (forced)`);
+      expect(rows[2].note).toContain("no split-K kernel on this path");
+    } else {
+      expect(rows[3].note).toMatch(/split [2-9]\d* \(/);
+    }
+  });
+});
+
+function convTuningIsRegister(): boolean {
+  return convTuning(gpu()).forward.kind === "register";
+}

@@ -12,6 +12,7 @@ import * as ops from "../src/tensor/ops/index.ts";
 import { GPU_TUNING, hasRegisterSubgroups, matmulTuning, setMatmulTuning, type MatmulTuning } from "../src/tensor/ops/matmul_tuning.ts";
 import { gemm, gemmGrid, setMatmulK4 } from "../src/tensor/ops/matmul_gemm.ts";
 import { autoSplits, decideSplit, lastSplit, parseSplitEnv, planSplit, setSplitK, splitKPolicy, splitLaunches } from "../src/tensor/ops/split_k.ts";
+import { FORCED_SPLIT, benchMatmulSplitK } from "../src/bench/split_k.ts";
 import { expectClose, gradCheck, prod, randn, toGpu, useGpu } from "./helpers.ts";
 import { refLinear, refLora, refMatmul } from "./ref/matmul.ts";
 
@@ -263,5 +264,19 @@ describe("split-K choice per adapter", () => {
     else expect(lastSplit("matmul")).toBeGreaterThan(1);
     expectClose(await y.read(), refMatmul(a, [m, k], b, [k, n]).data, fwdTol(k), "automatic choice");
     y.dispose();
+  });
+});
+
+describe("split-K rows of `rl4pix bench matmul`", () => {
+  test("off and on for each shape, the on row naming the split it timed and the ratio; on this CPU adapter a forced split", async () => {
+    const rows = await benchMatmulSplitK(1, [[16, 96, 40, "a small product"]]);
+    expect(rows.map((r) => `${r.name} ${r.shape}`)).toEqual(["matmul split-K off 16x96x40", "matmul split-K on 16x96x40"]);
+    for (const r of rows) expect(r.gflops!).toBeGreaterThan(0);
+    // K 96 is too short for the policy on any adapter (chunks of >= 256), so "on" is the forced
+    // factor, cut to the kernel's K steps (8 chunks of 12 k on lavapipe's register kernel).
+    expect(rows[1].note).toMatch(/split [2-8] \(forced\)/);
+    if (matmulTuning(gpu()).kind === "register") expect(rows[1].note).toContain(`split ${FORCED_SPLIT} (forced)`);
+    expect(rows[1].note).toMatch(/[0-9.]+x the speed of off/);
+    expect(rows[1].note).toContain("a small product");
   });
 });

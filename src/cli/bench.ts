@@ -9,6 +9,7 @@ import { cpuReference } from "../bench/reference.ts";
 import { benchElementwise } from "../bench/elementwise.ts";
 import { benchConv } from "../bench/conv.ts";
 import { benchMatmulVariants } from "../bench/matmul.ts";
+import { benchConvSplitK, benchMatmulSplitK } from "../bench/split_k.ts";
 import { benchAttention } from "../bench/attention.ts";
 import { benchGroupNorm } from "../bench/groupnorm.ts";
 import { benchUnet } from "../bench/unet.ts";
@@ -20,14 +21,18 @@ type Suite = (opts: ModelBenchOptions) => Promise<BenchRow[]>;
 
 /** Kernel suites by name; model-level suites (unet, train-step) register themselves here too. */
 export const SUITES: Record<string, Suite> = {
-  matmul: (o) => benchMatmulVariants(o.torch !== false),
+  // Both suites end with split-K on vs off at the SD UNet's small-image, wide-channel shapes
+  // (fewer reps on a CPU adapter, where one 1280-channel conv takes most of a second).
+  matmul: async (o) => [...(await benchMatmulVariants(o.torch !== false)), ...(await benchMatmulSplitK(splitReps()))],
   attention: () => benchAttention(),
   groupnorm: () => benchGroupNorm(),
   elementwise: benchElementwise,
-  conv: () => benchConv(),
+  conv: async () => [...(await benchConv()), ...(await benchConvSplitK(splitReps()))],
   unet: (o) => benchUnet(o),
   "train-step": (o) => benchTrainStep(o),
 };
+
+const splitReps = () => (adapterClass(gpu()) === "gpu" ? 5 : 3);
 
 export const ALL_KERNEL_SUITES = ["matmul", "conv", "attention", "groupnorm", "elementwise"];
 
