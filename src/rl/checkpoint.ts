@@ -21,6 +21,7 @@ import { CHECKSUMS_FILE, checkpointsDir, listCheckpoints, LORA_FILE, STATE_FILE,
 import { faultPoint } from "./test_faults.ts";
 import type { StatTrackerState } from "./stat_tracker.ts";
 import type { StreamState } from "./data_stream.ts";
+import type { GradScalerState } from "./grad_scaler.ts";
 
 export { CHECKSUMS_FILE, checkpointsDir, listCheckpoints, LORA_FILE, STATE_FILE, TRAINER_FILE } from "./checkpoint_files.ts";
 
@@ -34,6 +35,8 @@ export interface TrainerState {
   rng: number[];
   /** Optimizer steps taken. */
   adamStep: number;
+  /** fp16 loss scaling's state (mixed_precision "fp16" with f16 activations only). */
+  gradScaler?: GradScalerState;
 }
 
 /** "no space left on the device" for ENOSPC, etc.: the reason a write failed, in words. */

@@ -47,6 +47,12 @@ function stateProblem(s: Record<string, unknown>, folderEpoch: number | null): s
   for (const [k, v] of Object.entries(tr.buffers as Record<string, unknown>)) {
     if (!isNumberArray(v)) return `"tracker.buffers" entry ${JSON.stringify(k)} must be a list of numbers`;
   }
+  if (s.gradScaler !== undefined) {
+    const gs = s.gradScaler as Record<string, unknown> | null;
+    if (typeof gs !== "object" || gs === null || typeof gs.scale !== "number" || !(gs.scale > 0) || !Number.isFinite(gs.scale) || !isNat(gs.growthTracker)) {
+      return `"gradScaler" must be {scale > 0, growthTracker >= 0}`;
+    }
+  }
   return null;
 }
 

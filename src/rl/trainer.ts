@@ -39,7 +39,9 @@ import { ppoLoss, ppoStats } from "./ppo.ts";
 import { listCheckpoints, loadCheckpoint, saveCheckpoint, type TrainerState } from "./checkpoint.ts";
 import { chooseCheckpoint, type ResumePoint } from "./checkpoint_check.ts";
 import { faultPoint } from "./test_faults.ts";
-import { adamW, clipGradNorm, createAdamWState, type AdamWState } from "../tensor/ops/optim.ts";
+import { createAdamWState, type AdamWState } from "../tensor/ops/optim.ts";
+import { GradScaler, MIN_LOSS_SCALE } from "./grad_scaler.ts";
+import { optimizerStep } from "./optimizer_step.ts";
 import { writeEpochSamples } from "./samples.ts";
 
 export interface EpochMetrics {
@@ -56,6 +58,10 @@ export interface EpochMetrics {
   lr: number;
   samples_per_s: number;
   seconds: number;
+  /** With fp16 loss scaling only: the loss scale at the epoch's end. */
+  loss_scale?: number;
+  /** With fp16 loss scaling only: optimizer steps skipped for an inf/NaN gradient this epoch. */
+  skipped_steps?: number;
 }
 
 export interface TrainHooks {
@@ -134,6 +140,11 @@ export class Trainer {
   private optimizer: AdamWState = createAdamWState();
   private startEpoch = 0;
   private fixedSamples: PreparedSample[] = [];
+  /**
+   * Dynamic loss scaling (torch's GradScaler) while the UNet's backward runs through f16 activations
+   * (mixed_precision "fp16" where the adapter has shader-f16); null in f32.
+   */
+  private scaler: GradScaler | null = null;
 
   constructor(readonly models: IP2PModels, readonly cfg: Config, readonly dataset: EditDataset, readonly runDir: string, readonly opts: TrainerOptions = {}) {
     this.layers = rewardLayers(models, cfg);
@@ -150,6 +161,7 @@ export class Trainer {
   async init(): Promise<number> {
     const unet = this.models.unet;
     unet.gradientCheckpointing = this.cfg.gradient_checkpointing;
+    this.scaler = this.cfg.mixed_precision === "fp16" && unet.activationDtype === "f16" ? new GradScaler() : null;
     const point = this.opts.resume !== undefined ? this.opts.resume : chooseCheckpoint(this.runDir);
     if (point) {
       const path = point.path;
@@ -166,6 +178,7 @@ export class Trainer {
         throw new UserError(`${join(path, "state.json")}: its sample stream does not fit the dataset ${this.dataset.path} (was the dataset changed?)`);
       }
       this.rng = Prng.fromState(loaded.state.rng);
+      if (this.scaler && loaded.state.gradScaler) this.scaler = new GradScaler({}, loaded.state.gradScaler);
       this.startEpoch = loaded.state.epoch + 1;
     } else {
       initLora(unet, this.cfg.lora.rank, mixSeeds(this.cfg.seed, 3), this.cfg.lora.rank * loraScale(this.cfg));
@@ -260,7 +273,7 @@ export class Trainer {
     return rollouts;
   }
 
-  private async trainEpoch(epoch: number, rollouts: Rollout[], hooks: TrainHooks): Promise<{ loss: number; approxKl: number; clipfrac: number; gradNorm: number }> {
+  private async trainEpoch(epoch: number, rollouts: Rollout[], hooks: TrainHooks): Promise<{ loss: number; approxKl: number; clipfrac: number; gradNorm: number; skipped: number }> {
     const c = this.cfg;
     const m = this.models;
     const T = c.sample.num_steps;
@@ -269,7 +282,15 @@ export class Trainer {
     const params = this.params();
     const guidance = { text: c.sample.guidance_scale, image: c.sample.image_guidance_scale };
     const timesteps = m.scheduler.setTimesteps(T);
-    let lossSum = 0, klSum = 0, clipSum = 0, gnSum = 0, count = 0, steps = 0, micro = 0;
+    let lossSum = 0, klSum = 0, clipSum = 0, gnSum = 0, count = 0, steps = 0, skipped = 0, micro = 0;
+    const step = async () => {
+      const r = await this.optimizerStep(params);
+      if (r.skipped) skipped++;
+      else {
+        gnSum += r.gradNorm;
+        steps++;
+      }
+    };
     const N = rollouts.length;
     const bs = c.train.batch_size;
     for (let inner = 0; inner < c.train.num_inner_epochs; inner++) {
@@ -298,7 +319,8 @@ export class Trainer {
             const ts = stepIdx.map((s) => timesteps[s]);
             const lp = stepLogProb(m, cond, x, next, ts, guidance, c.sample.eta, c.train.cfg); // [b]
             const { loss } = ppoLoss(lp, oldLp, adv, c.train.clip_range);
-            const scaled = ops.scale(loss, 1 / accum);
+            // with fp16 loss scaling the gradients come out `scale` times too large; optimizerStep unscales
+            const scaled = ops.scale(loss, (this.scaler?.scale ?? 1) / accum);
             backward(scaled);
             const lossV = await loss.item();
             if (!Number.isFinite(lossV)) throw new TrainingDiverged(`loss is ${lossV} at epoch ${epoch}`);
@@ -310,10 +332,7 @@ export class Trainer {
           clipSum += st.clipfrac;
           count++;
           micro++;
-          if (micro % accum === 0) {
-            gnSum += await this.optimizerStep(params);
-            steps++;
-          }
+          if (micro % accum === 0) await step();
         }
         cond.embeds.dispose();
         cond.imageLatents.dispose();
@@ -321,29 +340,38 @@ export class Trainer {
     }
     if (micro % accum !== 0) {
       // a partial accumulation window at the end of the epoch: step on what was gathered
-      gnSum += await this.optimizerStep(params);
-      steps++;
+      await step();
     }
     clearTape();
-    return { loss: lossSum / Math.max(count, 1), approxKl: klSum / Math.max(count, 1), clipfrac: clipSum / Math.max(count, 1), gradNorm: gnSum / Math.max(steps, 1) };
+    return {
+      loss: lossSum / Math.max(count, 1),
+      approxKl: klSum / Math.max(count, 1),
+      clipfrac: clipSum / Math.max(count, 1),
+      gradNorm: gnSum / Math.max(steps, 1),
+      skipped,
+    };
   }
 
-  private async optimizerStep(params: Tensor[]): Promise<number> {
+  /**
+   * Clip, AdamW, clear. A non-finite gradient stops an f32 run (TrainingDiverged); with fp16 loss
+   * scaling it skips the step and halves the scale (an f16 overflow), until the scale falls below
+   * MIN_LOSS_SCALE, where every f16 gradient would underflow: then the run has diverged.
+   */
+  private async optimizerStep(params: Tensor[]): Promise<{ gradNorm: number; skipped: boolean }> {
     const c = this.cfg.train;
-    const norm = clipGradNorm(params, c.max_grad_norm);
-    const gn = await norm.item();
-    norm.dispose();
-    if (!Number.isFinite(gn)) throw new TrainingDiverged(`gradient norm is ${gn}`);
-    adamW(params, this.optimizer, { lr: c.learning_rate, beta1: c.adam_beta1, beta2: c.adam_beta2, eps: c.adam_epsilon, weightDecay: c.adam_weight_decay });
-    for (const p of params) {
-      p.grad?.dispose();
-      p.grad = null;
+    const adam = { lr: c.learning_rate, beta1: c.adam_beta1, beta2: c.adam_beta2, eps: c.adam_epsilon, weightDecay: c.adam_weight_decay };
+    const r = await optimizerStep(params, this.optimizer, { maxGradNorm: c.max_grad_norm, adamW: adam }, this.scaler);
+    if (r.skipped && !this.scaler) throw new TrainingDiverged(`gradient norm is ${r.gradNorm}`);
+    if (this.scaler && this.scaler.scale < MIN_LOSS_SCALE) {
+      throw new TrainingDiverged(`the gradients are not finite at any loss scale down to ${MIN_LOSS_SCALE} (gradient norm ${r.gradNorm})`);
     }
-    return gn;
+    return r;
   }
 
   private state(epoch: number): TrainerState {
-    return { epoch, configHash: configHash(this.cfg), tracker: this.tracker.toJSON(), stream: this.stream.state(), rng: this.rng.state(), adamStep: this.optimizer.step };
+    const s: TrainerState = { epoch, configHash: configHash(this.cfg), tracker: this.tracker.toJSON(), stream: this.stream.state(), rng: this.rng.state(), adamStep: this.optimizer.step };
+    if (this.scaler) s.gradScaler = this.scaler.state();
+    return s;
   }
 
   /** Pictures of the fixed samples (input, output, attention overlay, mask) for the report. */
@@ -404,6 +432,10 @@ export class Trainer {
         samples_per_s: rollouts.length / seconds,
         seconds,
       };
+      if (this.scaler) {
+        metrics.loss_scale = this.scaler.scale;
+        metrics.skipped_steps = tr.skipped;
+      }
       history.push(metrics);
       writeFileAtomic(metricsPath, history.map((r) => JSON.stringify(r) + "\n").join(""));
       hooks.onEpoch?.(metrics);
