@@ -3,8 +3,7 @@
 // reward function in place of the paper's.
 import { describe, expect, spyOn, test } from "bun:test";
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { tinyModelDir } from "../src/models/tiny.ts";
 import { encodePrompts, encodeImages, guidedConditioning, loadIP2P, sampleChain, disposeModels } from "../src/diffusion/pipeline.ts";
@@ -22,27 +21,12 @@ import { loadConfig } from "../src/rl/config.ts";
 import { cosineSimilarity } from "../src/rl/reward.ts";
 import { ensureRunDir, Trainer } from "../src/rl/trainer.ts";
 import { useGpu } from "./helpers.ts";
+import { SMALL_RUN, metricsWithoutTimes, tmpRunDir } from "./small_run.ts";
 
 useGpu();
 
-const SMALL = [
-  "resolution=32",
-  "sample.num_steps=4",
-  "sample.batch_size=2",
-  "sample.num_batches_per_epoch=1",
-  "train.batch_size=2",
-  "train.learning_rate=0.003",
-  "train.clip_range=0.2",
-  "reward.layers=res:2",
-  "per_prompt_stat_tracking.buffer_size=4",
-  "per_prompt_stat_tracking.min_count=2",
-  "report.num_samples=1",
-  "save_freq=1",
-];
-
-function tmp(name: string): string {
-  return mkdtempSync(join(tmpdir(), `rl4pix-${name}-`));
-}
+const SMALL = SMALL_RUN;
+const tmp = tmpRunDir;
 
 describe("log-probabilities", () => {
   test("recomputing a sampled chain's log-probs under the unchanged policy gives the sampling values", async () => {
@@ -126,11 +110,7 @@ describe("runs", () => {
       await train({ out: b, set: [...SMALL, "num_epochs=2"], quiet: true });
       const lora = (dir: string) => readFileSync(join(dir, "checkpoints", "checkpoint_1", "trainer.safetensors"));
       expect(Buffer.compare(lora(a), lora(b))).toBe(0);
-      const strip = (dir: string) =>
-        readFileSync(join(dir, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => {
-          const { seconds: _s, samples_per_s: _r, ...rest } = JSON.parse(l);
-          return rest;
-        });
+      const strip = metricsWithoutTimes;
       expect(strip(b)).toEqual(strip(a));
       expect(strip(a).length).toBe(2);
       expect(existsSync(join(a, "report.html"))).toBe(true);
