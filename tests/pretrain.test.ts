@@ -14,6 +14,8 @@ import { editorLoss, stepStreams, t2iLoss, timestepWeights, vaeLoss } from "../s
 import { heldOutExamples, maskToMap, trainExample } from "../src/pretrain/data.ts";
 import { wordPositions } from "../src/pretrain/evaluate.ts";
 import { preparePretrainDir, runPretrain } from "../src/pretrain/run.ts";
+import { learningRate } from "../src/pretrain/loop.ts";
+import { openSafetensors } from "../src/io/safetensors.ts";
 import { pretrainSettings, type PretrainOptions } from "../src/cli/pretrain.ts";
 import { UserError } from "../src/errors.ts";
 import { useGpu } from "./helpers.ts";
@@ -70,6 +72,16 @@ describe("pretraining objectives", () => {
     } finally {
       disposeModels(m);
     }
+  });
+
+  test("the learning rate: linear warm-up, then constant or falling linearly to 0 at the last step", () => {
+    const spec = { learningRate: 1e-3, warmupSteps: 10, steps: 100 };
+    expect(learningRate({ ...spec, decay: "none" }, 0)).toBeCloseTo(1e-4, 12);
+    expect(learningRate({ ...spec, decay: "none" }, 9)).toBeCloseTo(1e-3, 12);
+    expect(learningRate({ ...spec, decay: "none" }, 99)).toBeCloseTo(1e-3, 12);
+    expect(learningRate({ ...spec, decay: "linear" }, 0)).toBeCloseTo(1e-4, 12); // 1e-3 · 1/10 · (1 − 0/100)
+    expect(learningRate({ ...spec, decay: "linear" }, 50)).toBeCloseTo(5e-4, 12);
+    expect(learningRate({ ...spec, decay: "linear" }, 99)).toBeCloseTo(1e-5, 12);
   });
 
   test("the v weighting scales a step's noise loss by 1/alphabar_t over its mean (alphabar from the scaled-linear betas, computed here)", async () => {
@@ -168,9 +180,23 @@ describe("held-out data and measurements", () => {
 
 function options(out: string, spec: string, extra: Partial<PretrainOptions> = {}): PretrainOptions {
   return {
-    out, spec, size: 32, batch: 2, seed: 3, vaeSteps: 3, t2iSteps: 3, editorSteps: 3, vaeLr: 1e-3, t2iLr: 1e-3, editorLr: 1e-3,
+    out, spec, size: 32, batch: 2, seed: 3, vaeSteps: 3, decoderSteps: 0, decoderLr: 3e-4, t2iSteps: 3, editorSteps: 3, vaeLr: 1e-3, t2iLr: 1e-3, editorLr: 1e-3,
     textLrScale: 0.5, evalEvery: 0, heldOut: 2, evalSampleSteps: 2, checkpointEvery: 2, ...extra,
   };
+}
+
+/** Every tensor of RUN/model as f32, keyed "<component>/<state-dict key>". */
+function modelTensors(dir: string): Map<string, Float32Array> {
+  const out = new Map<string, Float32Array>();
+  for (const [sub, file] of [["unet", "diffusion_pytorch_model.safetensors"], ["vae", "diffusion_pytorch_model.safetensors"], ["text_encoder", "model.safetensors"]]) {
+    const f = openSafetensors(join(dir, "model", sub, file));
+    for (const k of f.names()) out.set(`${sub}/${k}`, f.toF32(k));
+  }
+  return out;
+}
+
+function equalF32(a: Float32Array, b: Float32Array): boolean {
+  return a.length === b.length && a.every((x, i) => Object.is(x, b[i]));
 }
 
 function modelBytes(dir: string): Map<string, Buffer> {
@@ -199,10 +225,10 @@ describe("rl4pix pretrain runs", () => {
       const specPath = writeSmallSpec(work);
 
       const whole = join(work, "whole");
-      expect(await runPretrain(whole, pretrainSettings(options(whole, specPath)))).toBe(true);
+      expect(await runPretrain(whole, pretrainSettings(options(whole, specPath, { decoderSteps: 3 })))).toBe(true);
 
       const parts = join(work, "parts");
-      const settings = pretrainSettings(options(parts, specPath));
+      const settings = pretrainSettings(options(parts, specPath, { decoderSteps: 3 }));
       // Stop after 2, then 2, then 2, … optimizer steps: every stage is interrupted at least once
       // (after its first or second step), and checkpoints are written at the stop.
       let resumes = 0;
@@ -213,7 +239,7 @@ describe("rl4pix pretrain runs", () => {
         resumes++;
         expect(resumes).toBeLessThan(10);
       }
-      expect(resumes).toBeGreaterThanOrEqual(3);
+      expect(resumes).toBeGreaterThanOrEqual(4);
       const a = modelBytes(whole);
       const b = modelBytes(parts);
       expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
@@ -223,20 +249,20 @@ describe("rl4pix pretrain runs", () => {
 
       // A lengthened last stage continues the run and writes the model folder again.
       const before = modelBytes(whole).get("unet/diffusion_pytorch_model.safetensors")!;
-      expect(await runPretrain(whole, pretrainSettings(options(whole, specPath, { editorSteps: 4 })))).toBe(true);
+      expect(await runPretrain(whole, pretrainSettings(options(whole, specPath, { decoderSteps: 3, editorSteps: 4 })))).toBe(true);
       expect(JSON.parse(readFileSync(join(whole, "editor", "done.json"), "utf8")).steps).toBe(4);
       expect(Buffer.compare(before, modelBytes(whole).get("unet/diffusion_pytorch_model.safetensors")!)).not.toBe(0);
       // Lengthening an earlier stage would change what the later ones started from: refused before
       // anything trains (the t2i stage keeps its 3 steps).
-      await expect(runPretrain(whole, pretrainSettings(options(whole, specPath, { t2iSteps: 4, editorSteps: 4 })))).rejects.toThrow(/editor.*state\.json: written with other pretraining settings/);
+      await expect(runPretrain(whole, pretrainSettings(options(whole, specPath, { decoderSteps: 3, t2iSteps: 4, editorSteps: 4 })))).rejects.toThrow(/editor.*state\.json: written with other pretraining settings/);
       expect(readdirSync(join(whole, "t2i")).filter((n) => n.startsWith("ckpt-")).sort().pop()).toBe("ckpt-0000003");
 
       // Other settings on the same folder: refused, naming settings.json.
-      const other = pretrainSettings(options(parts, specPath, { t2iLr: 5e-4 }));
+      const other = pretrainSettings(options(parts, specPath, { decoderSteps: 3, t2iLr: 5e-4 }));
       await expect(runPretrain(parts, other)).rejects.toThrow(/settings\.json: this run was started with other settings/);
 
       // A damaged newest checkpoint: refused, naming the file (never a silent fall-back).
-      const longer = pretrainSettings(options(parts, specPath, { editorSteps: 5 }));
+      const longer = pretrainSettings(options(parts, specPath, { decoderSteps: 3, editorSteps: 5 }));
       const ckpts = readdirSync(join(parts, "editor")).filter((n) => n.startsWith("ckpt-")).sort();
       const newest = join(parts, "editor", ckpts[ckpts.length - 1], "weights.safetensors");
       writeFileSync(newest, readFileSync(newest).subarray(0, 100));
@@ -274,6 +300,42 @@ describe("rl4pix pretrain runs", () => {
       const t2i = pretrainSettings(options(dir, specPath, { vaeSteps: 2, t2iSteps: 2, t2iLr: 5e-4, editorSteps: 2, editorLr: 5e-4, editorBatch: 4, editorLoss: "v" }));
       await expect(runPretrain(dir, t2i)).rejects.toThrow(/settings\.json: this run was started with other settings/);
       expect(() => pretrainSettings(options(dir, specPath, { editorLoss: "x0" }))).toThrow(/--editor-loss: must be eps or v/);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+
+  test("the decoder stage trains only the decoder, the other stages do not depend on it, and it may be added to a finished run", async () => {
+    const work = mkdtempSync(join(tmpdir(), "rl4pix-pretrain-"));
+    try {
+      const specPath = writeSmallSpec(work);
+      const plain = join(work, "plain");
+      expect(await runPretrain(plain, pretrainSettings(options(plain, specPath, { editorSteps: 2 })))).toBe(true);
+      const plainTensors = modelTensors(plain);
+      const withDecoder = join(work, "decoder");
+      expect(await runPretrain(withDecoder, pretrainSettings(options(withDecoder, specPath, { decoderSteps: 3, editorSteps: 2 })))).toBe(true);
+      const tuned = modelTensors(withDecoder);
+      expect([...tuned.keys()].sort()).toEqual([...plainTensors.keys()].sort());
+      const changed = [...tuned.keys()].filter((k) => !equalF32(tuned.get(k)!, plainTensors.get(k)!));
+      // every changed tensor is the decoder's (it trained), and all of the decoder's conv weights changed
+      expect(changed.length).toBeGreaterThan(0);
+      expect(changed.filter((k) => !/^vae\/(decoder|post_quant_conv)\./.test(k))).toEqual([]);
+      const decoderConvs = [...tuned.keys()].filter((k) => /^vae\/decoder\..*conv.*\.weight$/.test(k));
+      expect(decoderConvs.length).toBeGreaterThan(0);
+      expect(decoderConvs.filter((k) => !changed.includes(k))).toEqual([]);
+
+      // Added to the finished run: the decoder trains (as in a run that had it from the start) and the
+      // model folder is written again; the later stages are not rerun.
+      const editorCkpts = readdirSync(join(plain, "editor")).sort();
+      expect(await runPretrain(plain, pretrainSettings(options(plain, specPath, { decoderSteps: 3, editorSteps: 2 })))).toBe(true);
+      expect(readdirSync(join(plain, "editor")).sort()).toEqual(editorCkpts);
+      const added = modelTensors(plain);
+      for (const k of tuned.keys()) expect(`${k}: ${equalF32(added.get(k)!, tuned.get(k)!)}`).toBe(`${k}: true`);
+
+      // Its learning rate decays to 0 at its last step, so its length is part of what it computes:
+      // lengthening it once started is refused, naming settings.json, before anything trains.
+      await expect(runPretrain(plain, pretrainSettings(options(plain, specPath, { decoderSteps: 4, editorSteps: 2 })))).rejects.toThrow(/settings\.json: this run was started with other settings/);
+      expect(readdirSync(join(plain, "decoder")).filter((n) => n.startsWith("ckpt-")).sort().pop()).toBe("ckpt-0000003");
     } finally {
       rmSync(work, { recursive: true, force: true });
     }

@@ -1,5 +1,5 @@
-// `rl4pix pretrain --out RUN_DIR`: train our own small InstructPix2Pix from scratch (VAE, then text
-// encoder + UNet as text-to-image, then the editor; src/pretrain/run.ts). Resumes RUN_DIR; Ctrl-C or
+// `rl4pix pretrain --out RUN_DIR`: train our own small InstructPix2Pix from scratch (VAE, optionally
+// its decoder alone, then text encoder + UNet as text-to-image, then the editor; src/pretrain/run.ts). Resumes RUN_DIR; Ctrl-C or
 // --max-seconds checkpoint and stop (exit 130 / 0), and the same command continues later.
 import type { Command } from "commander";
 import { readFileSync } from "node:fs";
@@ -18,6 +18,8 @@ export interface PretrainOptions {
   batch: number;
   seed: number;
   vaeSteps: number;
+  decoderSteps: number;
+  decoderLr: number;
   t2iSteps: number;
   editorSteps: number;
   vaeLr: number;
@@ -56,6 +58,8 @@ export function pretrainSettings(o: PretrainOptions): PretrainSettings {
     batch: o.batch,
     seed: o.seed,
     vae: { steps: o.vaeSteps, lr: o.vaeLr, klWeight: 1e-5 },
+    // absent when 0 steps: runs made before the decoder stage existed keep their settings
+    ...(o.decoderSteps > 0 ? { decoder: { steps: o.decoderSteps, lr: o.decoderLr } } : {}),
     t2i: { steps: o.t2iSteps, lr: o.t2iLr, textLrScale: o.textLrScale, captionDropout: 0.1 },
     // The editor batch when it is --batch, and the eps weighting, are left out of the settings: runs
     // made before these options existed (eps, one batch) still match.
@@ -111,6 +115,8 @@ export function register(program: Command): void {
     .option("--batch <n>", "examples per step (even)", num("--batch", 2, 4096, true), 16)
     .option("--seed <n>", "noise and dropout seed", num("--seed", 0, 2 ** 31 - 1, true), 0)
     .option("--vae-steps <n>", "VAE (autoencoder) steps", num("--vae-steps", 0, 1e7, true), 1500)
+    .option("--decoder-steps <n>", "steps fine-tuning the VAE's decoder alone after the VAE stage (MSE on the frozen encoder's latents, learning rate falling to 0; 0 = none)", num("--decoder-steps", 0, 1e7, true), 0)
+    .option("--decoder-lr <x>", "decoder fine-tuning learning rate (before its linear decay)", num("--decoder-lr", 0, 1), 3e-4)
     .option("--t2i-steps <n>", "text-to-image steps (text encoder + UNet on captions)", num("--t2i-steps", 0, 1e7, true), 3000)
     .option("--editor-steps <n>", "InstructPix2Pix steps", num("--editor-steps", 0, 1e7, true), 2000)
     .option("--vae-lr <x>", "VAE learning rate", num("--vae-lr", 0, 1), 1e-3)

@@ -31,6 +31,8 @@ export interface StageSpec {
   learningRate: number;
   /** Linear warm-up from 0 over this many steps. */
   warmupSteps: number;
+  /** "linear": the learning rate falls linearly to 0 at `steps` (after the warm-up); default constant. */
+  decay?: "none" | "linear";
   weightDecay: number;
   maxGradNorm: number;
   /** Hash of everything that decides the result (model, data, settings): a resume must match it. */
@@ -55,8 +57,10 @@ export interface StageResult {
   finished: boolean;
 }
 
-function learningRate(spec: StageSpec, step: number): number {
-  return spec.warmupSteps > 0 ? spec.learningRate * Math.min(1, (step + 1) / spec.warmupSteps) : spec.learningRate;
+export function learningRate(spec: Pick<StageSpec, "learningRate" | "warmupSteps" | "decay" | "steps">, step: number): number {
+  const warm = spec.warmupSteps > 0 ? Math.min(1, (step + 1) / spec.warmupSteps) : 1;
+  const decay = spec.decay === "linear" ? Math.max(0, 1 - step / spec.steps) : 1;
+  return spec.learningRate * warm * decay;
 }
 
 /** metrics.jsonl without lines past `step` (written after the checkpoint a resume starts from). */

@@ -2,6 +2,9 @@
 // step*B … step*B+B-1 of the training stream, and noise and dropout come from streams keyed by
 // (seed, stage, step).
 //   vae     autoencoder: z = mean + exp(logvar/2) ε, loss = |x − D(z)| + (x − D(z))² + β KL(q(z|x) ‖ N(0, 1))
+//   decoder the decoder alone (and post_quant_conv) on the frozen encoder's mode, loss = (x − D(μ))²:
+//           as Stable Diffusion's VAE decoder was fine-tuned (ft-MSE) after its diffusion models
+//           were trained, since the latents the UNet learns do not change
 //   t2i     text-to-image on the target scene's caption (caption dropout), the image channels of the
 //           UNet input held at zero: exactly a text-to-image UNet whose conv_in has only 4 input
 //           channels (their weights are zeroed before this stage and get no gradient)
@@ -14,8 +17,8 @@ import * as ops from "../tensor/ops/index.ts";
 import { mixSeeds, Prng } from "../data/prng.ts";
 import { type PretrainExample, trainExample } from "./data.ts";
 
-export type StageName = "vae" | "t2i" | "editor";
-const STAGE_NO: Record<StageName, number> = { vae: 1, t2i: 2, editor: 3 };
+export type StageName = "vae" | "decoder" | "t2i" | "editor";
+const STAGE_NO: Record<StageName, number> = { vae: 1, t2i: 2, editor: 3, decoder: 4 };
 
 /** Host RNG and GPU noise seed of one step of one stage. */
 export function stepStreams(seed: number, stage: StageName, step: number): { rng: Prng; noiseSeed: number } {
@@ -61,6 +64,17 @@ export function vaeLoss(m: IP2PModels, seed: number, step: number, batch: number
   // KL(N(mu, s^2) || N(0, 1)) per element = (mu^2 + s^2 - 1 - log s^2) / 2
   const kl = ops.scale(ops.mean(ops.sub(ops.add(ops.square(post.mean), ops.exp(post.logvar)), ops.addScalar(post.logvar, 1))), 0.5);
   return ops.add(rec, ops.scale(kl, o.klWeight));
+}
+
+/** The decoder fine-tuning loss of one step: mean squared error of D(μ(x)), the encoder frozen. */
+export function decoderLoss(m: IP2PModels, step: number, batch: number, size: number): Tensor {
+  // the training stream as every stage reads it (even rows targets, odd rows sources); no noise:
+  // the UNet learns the encoder's mode, and the decoder is asked to invert exactly that
+  const examples = batchOf(step, batch, size);
+  const x = imageBatch(examples.map((e, j) => (j % 2 === 0 ? e.target : e.source)), size); // [B, 3, S, S]
+  const z = encodeImages(m, x); // [B, 4, h, w], no grad
+  const recon = m.vae.decode(z); // [B, 3, S, S]
+  return mse(recon, x);
 }
 
 function noisedLatents(m: IP2PModels, z0: Tensor, rng: Prng, noiseSeed: number): { zt: Tensor; eps: Tensor; ts: number[] } {

@@ -22,7 +22,7 @@ import type { Module } from "../nn/module.ts";
 import { gpu } from "../gpu/device.ts";
 import { listStageCheckpoints, type NamedParam } from "./checkpoint.ts";
 import { runStage, type ParamGroup } from "./loop.ts";
-import { editorLoss, type StageName, t2iLoss, vaeLoss } from "./objectives.ts";
+import { decoderLoss, editorLoss, type StageName, t2iLoss, vaeLoss } from "./objectives.ts";
 import { heldOutExamples } from "./data.ts";
 import { editMetrics, latentStd, t2iGrounding, vaePsnr, wordDistinctness } from "./evaluate.ts";
 
@@ -37,6 +37,11 @@ export interface PretrainSettings {
   batch: number;
   seed: number;
   vae: { steps: number; lr: number; klWeight: number };
+  /**
+   * Decoder fine-tuning after the VAE stage (MSE on the encoder's mode, the learning rate falling
+   * linearly to 0). Absent: no such stage (runs made before it existed).
+   */
+  decoder?: { steps: number; lr: number };
   t2i: { steps: number; lr: number; textLrScale: number; captionDropout: number };
   /**
    * batch: the editor's own batch (absent: `batch`); weighting: the loss's timestep weighting
@@ -59,13 +64,18 @@ export interface PretrainHooks {
   log?: (line: string) => void;
 }
 
-const STAGES: StageName[] = ["vae", "t2i", "editor"];
+/** The stages in the order they run. */
+const STAGES: StageName[] = ["vae", "decoder", "t2i", "editor"];
+/** The earlier stages whose weights a stage's training reads (t2i and the editor use only the encoder). */
+const DEPENDS_ON: Record<StageName, StageName[]> = { vae: [], decoder: ["vae"], t2i: ["vae"], editor: ["vae", "t2i"] };
+/** Stages whose learning rate decays to 0 at their last step: their length is part of what they compute. */
+const DECAYS: ReadonlySet<StageName> = new Set(["decoder"]);
 
-/** What decides a stage's result: everything before it, and its own settings except its length. */
+/** What decides a stage's result: the stages it reads, and its own settings except its length (unless its learning rate decays). */
 function stageHash(s: PretrainSettings, stage: StageName): string {
-  const i = STAGES.indexOf(stage);
-  const own = { ...s[stage], steps: 0 }; // a stage may be lengthened later
-  const before = Object.fromEntries(STAGES.slice(0, i).map((n) => [n, s[n]]));
+  const settings = s[stage] ?? { steps: 0 };
+  const own = { ...settings, steps: DECAYS.has(stage) ? settings.steps : 0 }; // a constant-rate stage may be lengthened later
+  const before = Object.fromEntries(DEPENDS_ON[stage].map((n) => [n, s[n]]));
   const common = { v: PRETRAIN_VERSION, spec: s.spec, size: s.size, batch: s.batch, seed: s.seed, warmup: s.warmupSteps, wd: s.weightDecay, clip: s.maxGradNorm };
   return createHash("sha256").update(sortedJson({ common, before, own, stage })).digest("hex").slice(0, 16);
 }
@@ -102,8 +112,8 @@ function checkSettings(dir: string, s: PretrainSettings): void {
   // may take other settings (say, the editor's learning rate once the first two stages are done);
   // anything else must match.
   const started = (stage: StageName) => listStageCheckpoints(join(dir, stage)).length > 0;
-  const own = (x: PretrainSettings, stage: StageName) => (started(stage) ? { ...x[stage], steps: 0 } : null);
-  const strip = (x: PretrainSettings) => sortedJson({ ...x, vae: own(x, "vae"), t2i: own(x, "t2i"), editor: own(x, "editor"), evalEvery: 0, heldOut: 0, evalSampleSteps: 0, checkpointEvery: 0 });
+  const own = (x: PretrainSettings, stage: StageName) => (started(stage) ? { ...x[stage], steps: DECAYS.has(stage) ? x[stage]?.steps : 0 } : null);
+  const strip = (x: PretrainSettings) => sortedJson({ ...x, vae: own(x, "vae"), decoder: own(x, "decoder"), t2i: own(x, "t2i"), editor: own(x, "editor"), evalEvery: 0, heldOut: 0, evalSampleSteps: 0, checkpointEvery: 0 });
   if (strip(saved) !== strip(s)) throw new UserError(`${path}: this run was started with other settings; use the same flags or a new --out folder`);
   writeFileAtomic(path, text);
 }
@@ -179,7 +189,7 @@ export function preparePretrainDir(dir: string, s: PretrainSettings): string {
       continue; // unreadable: the stage's own resume reports it, naming the file
     }
     if (hash !== stageHash(s, stage)) {
-      throw new UserError(`${statePath}: written with other pretraining settings (an earlier stage's length or settings changed after the ${stage} stage started); use the same flags or a new --out folder`);
+      throw new UserError(`${statePath}: written with other pretraining settings (an earlier stage's length or settings, or this decaying stage's length, changed after the ${stage} stage started); use the same flags or a new --out folder`);
     }
   }
   const base = join(dir, "base");
@@ -198,9 +208,10 @@ export async function runPretrain(dir: string, s: PretrainSettings, hooks: Pretr
     name: stage,
     dir: join(dir, stage),
     groups,
-    steps: s[stage].steps,
-    learningRate: s[stage].lr,
+    steps: s[stage]?.steps ?? 0,
+    learningRate: s[stage]?.lr ?? 0,
     warmupSteps: s.warmupSteps,
+    decay: DECAYS.has(stage) ? ("linear" as const) : ("none" as const),
     weightDecay: s.weightDecay,
     maxGradNorm: s.maxGradNorm,
     settingsHash: stageHash(s, stage),
@@ -221,11 +232,28 @@ export async function runPretrain(dir: string, s: PretrainSettings, hooks: Pretr
     const sf = 1 / (await latentStd(m, heldOut, s.size));
     m.config.vae.scalingFactor = sf;
     const meta = { rl4pix_pretrain: sortedJson({ settings: s, version: PRETRAIN_VERSION }) };
-    if (!stageWritten(dir, "vae", vae.step)) {
+    // model/ is the model after the newest finished stage: once a stage writes it in this process,
+    // every later stage writes it again (say, a decoder stage added to a run whose t2i had finished)
+    let rewrite = false;
+    const finish = async (stage: StageName, steps: number, extra: Record<string, number> = {}) => {
+      if (!rewrite && stageWritten(dir, stage, steps)) return;
       await writeModelFolder(dir, m, sf, meta);
-      writeFileAtomic(join(dir, "vae", "done.json"), JSON.stringify({ steps: vae.step, scaling_factor: sf }) + "\n");
-    }
+      writeFileAtomic(join(dir, stage, "done.json"), JSON.stringify({ steps, ...extra }) + "\n");
+      rewrite = true;
+    };
+    await finish("vae", vae.step, { scaling_factor: sf });
     log(`vae: done (scaling_factor ${fmt(sf)})`);
+    // 1b. The decoder alone, on the frozen encoder's mode (no stage when its steps are 0).
+    if ((s.decoder?.steps ?? 0) > 0) {
+      const decoder = await runStage({
+        ...common("decoder", [{ params: [...named("vae.decoder", m.vae.decoder), ...named("vae.post_quant_conv", m.vae.post_quant_conv)], lrScale: 1 }]),
+        loss: (step) => decoderLoss(m, step, s.batch, s.size),
+        evaluate: async () => ({ psnr: await vaePsnr(m, heldOut, s.size) }),
+      });
+      if (!decoder.finished) return false;
+      await finish("decoder", decoder.step);
+      log("decoder: done");
+    }
     // 2. Text-to-image: text encoder + UNet on captions, image channels held at zero.
     // (a checkpoint of the stage, when there is one, overwrites this with its own values)
     await zeroImageChannels(m);
@@ -240,10 +268,7 @@ export async function runPretrain(dir: string, s: PretrainSettings, hooks: Pretr
       evaluate: t2iEval,
     });
     if (!t2i.finished) return false;
-    if (!stageWritten(dir, "t2i", t2i.step)) {
-      await writeModelFolder(dir, m, sf, meta);
-      writeFileAtomic(join(dir, "t2i", "done.json"), JSON.stringify({ steps: t2i.step }) + "\n");
-    }
+    await finish("t2i", t2i.step);
     log("t2i: done");
     // 3. The editor: IP2P objective, text encoder frozen.
     const sampler = { steps: s.evalSampleSteps, textGuidance: 7.5, imageGuidance: 1.5 };
@@ -256,10 +281,7 @@ export async function runPretrain(dir: string, s: PretrainSettings, hooks: Pretr
       },
     });
     if (!editor.finished) return false;
-    if (!stageWritten(dir, "editor", editor.step)) {
-      await writeModelFolder(dir, m, sf, meta);
-      writeFileAtomic(join(dir, "editor", "done.json"), JSON.stringify({ steps: editor.step }) + "\n");
-    }
+    await finish("editor", editor.step);
     log(`editor: done; the model is ${join(dir, "model")}`);
     return true;
   } finally {
