@@ -4,10 +4,14 @@
 //     sampled with K fixed seeds under the training sampler; attention_cos per (edit, seed);
 //   - for each training seed s: one run rewarded with the paper's reward (cos + alpha·L_clip) and a
 //     control rewarded with its negation, both from the same model, data order and noise;
-//   - paired difference per (edit, seed): cos after − cos before; mean, standard error, t = mean/SE.
+//   - paired difference per (edit, seed): cos after − cos before; mean, standard error, t = mean/SE;
+//     and the rewarded run against its control (after(+) − after(−), same edits and seeds).
+// With --reward brightness the runs are rewarded for ± the mean brightness of the decoded edit and
+// the held-out measure is that brightness: a reward the policy certainly controls, which checks the
+// sign of the whole sample → reward → advantage → update loop (learning notes E17.5, E18).
 // Usage:
 //   bun scripts/learning_evidence.ts --model DIR --out DIR [--seeds 0,1,2] [--epochs 12]
-//        [--train-n 32] [--heldout-n 16] [--eval-seeds 2] [--set key=value ...]
+//        [--reward paper|brightness] [--train-n 32] [--heldout-n 16] [--eval-seeds 2] [--set key=value ...]
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -16,9 +20,10 @@ import { synthDataset } from "../src/data/synth_dataset.ts";
 import { loadIP2P, type IP2PModels } from "../src/diffusion/pipeline.ts";
 import { openDataset } from "../src/io/datasets/index.ts";
 import { loadConfig, type Config } from "../src/rl/config.ts";
-import { Trainer, rewardLayers } from "../src/rl/trainer.ts";
+import { Trainer, rewardLayers, type RewardInput } from "../src/rl/trainer.ts";
+import { editImage } from "../src/diffusion/edit.ts";
 import { prepareSample, type PreparedSample } from "../src/rl/prepare.ts";
-import { instructReward } from "../src/rl/reward.ts";
+import { instructReward, type RewardParts } from "../src/rl/reward.ts";
 import { evaluateAttention, pairedDifference } from "../src/rl/attention_eval.ts";
 import { listCheckpoints, LORA_FILE } from "../src/rl/checkpoint.ts";
 import { loadLoraFile, removeLora } from "../src/nn/lora.ts";
@@ -35,6 +40,7 @@ const { values } = parseArgs({
     "train-n": { type: "string", default: "32" },
     "heldout-n": { type: "string", default: "16" },
     "eval-seeds": { type: "string", default: "2" },
+    reward: { type: "string", default: "paper" },
     set: { type: "string", multiple: true, default: [] },
   },
 });
@@ -43,6 +49,9 @@ const out = resolve(values.out);
 mkdirSync(out, { recursive: true });
 const seeds = values.seeds!.split(",").map(Number);
 const epochs = Number(values.epochs);
+const rewardKind = values.reward!;
+if (rewardKind !== "paper" && rewardKind !== "brightness") throw new Error(`--reward: '${rewardKind}' is not paper or brightness`);
+const measureName = rewardKind === "paper" ? "attention_cos" : "brightness";
 
 // The demo's training sampler and PPO settings (the paper's reward), with 8 DDIM steps.
 const SETTINGS = [...DEMO_SETTINGS, "sample.num_steps=8", "report.num_samples=2", `num_epochs=${epochs}`, `save_freq=${epochs}`, ...values.set!];
@@ -63,25 +72,48 @@ const held: PreparedSample[] = [];
 for await (const s of (await openDataset(heldManifest)).samples()) held.push(await prepareSample(s, cfg0.resolution, mapSide));
 const evalSeeds = Array.from({ length: Number(values["eval-seeds"]) }, (_, i) => 1000 + i);
 
-/** attention_cos per (held-out edit, seed) under the training sampler (evaluateAttention's values). */
+const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+
+/** The measure per (held-out edit, seed) under the training sampler: attention_cos (evaluateAttention's values) or brightness. */
 async function heldOutCos(m: IP2PModels, cfg: Config): Promise<number[]> {
-  return (await evaluateAttention(m, cfg, layers, held, evalSeeds)).values;
+  if (rewardKind === "paper") return (await evaluateAttention(m, cfg, layers, held, evalSeeds)).values;
+  const values: number[] = [];
+  for (const s of held) {
+    for (const seed of evalSeeds) {
+      const input = { width: s.size, height: s.size, channels: 3, data: s.source };
+      const r = await editImage(m, input, s.instruction, {
+        steps: cfg.sample.num_steps,
+        guidance: { text: cfg.sample.guidance_scale, image: cfg.sample.image_guidance_scale },
+        eta: cfg.sample.eta,
+        seed,
+      });
+      values.push(mean(Array.from(r.image.data)));
+    }
+  }
+  return values;
+}
+
+/** The training reward of one sampled edit, before the run's sign. */
+function baseReward(x: RewardInput, cfg: Config): RewardParts {
+  const p = instructReward(x.attentionMap, x.sample.aGt, x.sample.source, x.output, cfg.reward.alpha, cfg.reward.tau);
+  return rewardKind === "paper" ? p : { ...p, reward: mean(Array.from(x.output)) };
 }
 
 const t0 = performance.now();
 const before = await heldOutCos(models, cfg0);
-const meanBefore = before.reduce((a, b) => a + b, 0) / before.length;
-console.log(`before: held-out attention_cos ${meanBefore.toFixed(4)} over ${before.length} (edit, seed) pairs (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+const meanBefore = mean(before);
+console.log(`before: held-out ${measureName} ${meanBefore.toFixed(4)} over ${before.length} (edit, seed) pairs (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
 const rows: Record<string, unknown>[] = [];
+let afterRewarded: number[] = [];
 for (const seed of seeds) {
   for (const sign of [1, -1]) {
-    const name = `${sign > 0 ? "paper" : "negated"}-seed${seed}`;
+    const name = `${sign > 0 ? rewardKind : "negated"}-seed${seed}`;
     const dir = join(out, "runs", name);
     const cfg = configFor(seed, dir);
     mkdirSync(dir, { recursive: true });
     const trainer = new Trainer(models, cfg, await openDataset(trainManifest), dir, {
       reward: (x) => {
-        const p = instructReward(x.attentionMap, x.sample.aGt, x.sample.source, x.output, cfg.reward.alpha, cfg.reward.tau);
+        const p = baseReward(x, cfg);
         return { ...p, reward: sign * p.reward };
       },
     });
@@ -93,10 +125,17 @@ for (const seed of seeds) {
     removeLora(models.unet);
     const d = pairedDifference(after, before);
     const p = { mean: d.mean, se: d.stderr, t: d.mean / d.stderr, n: d.n };
-    const row = { run: name, seed, reward: sign > 0 ? "paper" : "negated (control)", epochs: history.length, train_reward_first: history[0]?.reward_mean, train_reward_last: history[history.length - 1]?.reward_mean, cos_after: after.reduce((a, b) => a + b, 0) / after.length, diff_mean: p.mean, diff_se: p.se, t: p.t, n: p.n };
+    const row: Record<string, unknown> = { run: name, seed, reward: sign > 0 ? rewardKind : "negated (control)", epochs: history.length, train_reward: history.map((h) => h.reward_mean), approx_kl: history.map((h) => h.approx_kl), after: mean(after), diff_mean: p.mean, diff_se: p.se, t: p.t, n: p.n };
+    let vsControl = "";
+    if (sign > 0) afterRewarded = after;
+    else {
+      const v = pairedDifference(afterRewarded, after);
+      row.rewarded_minus_control = { mean: v.mean, se: v.stderr, t: v.mean / v.stderr };
+      vsControl = `; rewarded − control ${v.mean.toFixed(4)} ± ${v.stderr.toFixed(4)} (t ${(v.mean / v.stderr).toFixed(2)})`;
+    }
     rows.push(row);
-    console.log(`${name}: after ${row.cos_after.toFixed(4)}, paired diff ${p.mean.toFixed(4)} ± ${p.se.toFixed(4)} (t ${p.t.toFixed(2)}, n ${p.n}) (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
-    writeFileSync(join(out, "results.json"), JSON.stringify({ model: resolve(values.model), settings: SETTINGS, eval_seeds: evalSeeds, before: meanBefore, runs: rows }, null, 2) + "\n");
+    console.log(`${name}: ${measureName} after ${mean(after).toFixed(4)}, paired diff ${p.mean.toFixed(4)} ± ${p.se.toFixed(4)} (t ${p.t.toFixed(2)}, n ${p.n})${vsControl} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+    writeFileSync(join(out, "results.json"), JSON.stringify({ model: resolve(values.model), reward: rewardKind, measure: measureName, settings: SETTINGS, eval_seeds: evalSeeds, before: meanBefore, runs: rows }, null, 2) + "\n");
   }
 }
 destroyGpu();
