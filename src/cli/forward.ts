@@ -3,7 +3,7 @@
 import type { Command } from "commander";
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { initGpu } from "../gpu/device.ts";
+import { gpu, initGpu } from "../gpu/device.ts";
 import { openSafetensors, type SafetensorsFile, writeSafetensors, type TensorToWrite } from "../io/safetensors.ts";
 import { loadPipelineConfig, resolveWeightFiles } from "../io/diffusers.ts";
 import { readImage } from "../io/image.ts";
@@ -18,7 +18,7 @@ import { setAttentionCaptureHook } from "../nn/attention.ts";
 import * as ops from "../tensor/ops/index.ts";
 import { DDIMScheduler } from "../diffusion/ddim.ts";
 import { crossAttentionLayers } from "../diffusion/attention_store.ts";
-import { encodeImages, encodePrompts, guidedConditioning } from "../diffusion/pipeline.ts";
+import { encodeImages, encodePrompts, guidedConditioning, variantIfPresent } from "../diffusion/pipeline.ts";
 import { scoreChain } from "../diffusion/score.ts";
 import { imageToTensor } from "../diffusion/images.ts";
 import { addModelFlags, checkModelFlags, loadModelsFromFlags, type ModelFlags } from "./model_args.ts";
@@ -84,16 +84,22 @@ async function forwardCommand(component: string, o: ForwardFlags): Promise<void>
   } else {
     const dir = checked!.dir;
     const cfg = checked!.model.config;
+    // --variant fp16 runs as loadIP2P does: f16 weights (a component without fp16 files falls back to
+    // its f32 ones, as diffusers does) and f16 activations where the adapter has shader-f16.
+    const f16 = o.variant === "fp16";
+    const f16Activations = f16 && gpu().hasF16;
     if (c === "text-encoder") {
       const te = new CLIPTextModel(cfg.textEncoder);
-      loadWeights(te, resolveWeightFiles(join(dir, "text_encoder")), { ignore: CLIPTextModel.IGNORED_KEYS });
+      loadWeights(te, resolveWeightFiles(join(dir, "text_encoder"), { variant: variantIfPresent(join(dir, "text_encoder"), o.variant) }), { keepF16: f16, ignore: CLIPTextModel.IGNORED_KEYS });
+      if (f16Activations) te.activationDtype = "f16";
       const idsShape = inputs.has("input_ids") ? inputs.info("input_ids").shape : [];
       if (idsShape.length !== 2) throw new UserError(`${o.inputs}: 'input_ids' must be [B, L]`);
       const ids = Int32Array.from(ints(inputs, "input_ids"));
       result.set("last_hidden_state", await out(noGrad(() => te.forward(ids, idsShape[0]).lastHiddenState)));
     } else if (c === "vae-encode" || c === "vae-decode") {
       const vae = new AutoencoderKL(cfg.vae);
-      loadWeights(vae, resolveWeightFiles(join(dir, "vae"), { variant: o.variant }), { keepF16: o.variant === "fp16" });
+      loadWeights(vae, resolveWeightFiles(join(dir, "vae"), { variant: variantIfPresent(join(dir, "vae"), o.variant) }), { keepF16: f16 });
+      if (f16Activations) vae.activationDtype = "f16";
       if (c === "vae-encode") {
         const d = noGrad(() => vae.encode(need(inputs, "image", 4)));
         result.set("mean", await out(d.mean));
@@ -103,7 +109,8 @@ async function forwardCommand(component: string, o: ForwardFlags): Promise<void>
       }
     } else {
       const unet = new UNet2DConditionModel(cfg.unet);
-      loadWeights(unet, resolveWeightFiles(join(dir, "unet"), { variant: o.variant }), { keepF16: o.variant === "fp16" });
+      loadWeights(unet, resolveWeightFiles(join(dir, "unet"), { variant: o.variant }), { keepF16: f16 });
+      if (f16Activations) unet.activationDtype = "f16";
       const lora = checked!.lora;
       if (lora) attachLoraLayers(unet, lora.layers, o.lora!, Boolean(o.gradOutput));
       const sample = need(inputs, "sample", 4);
@@ -192,7 +199,7 @@ export function register(program: Command): void {
     .description("run one component on inputs from a safetensors file (compare with a PyTorch dump): text-encoder, vae-encode, vae-decode, unet, ddim-step")
     .argument("<component>", COMPONENTS.join(" | "))
     .option("--model <dir>", "diffusers folder (default: the embedded tiny model)")
-    .option("--variant <name>", "weight variant, e.g. fp16")
+    .option("--variant <name>", "weight variant, e.g. fp16 (f16 weights, f16 activations where the adapter has shader-f16)")
     .option("--lora <file>", "LoRA file for the UNet")
     .requiredOption("--inputs <file>", "input tensors (safetensors)")
     .requiredOption("--out <file>", "output tensors (safetensors)")

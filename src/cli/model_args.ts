@@ -25,7 +25,7 @@ export interface CheckedModelFlags {
 export function addModelFlags(cmd: Command): Command {
   return cmd
     .option("--model <dir>", "diffusers InstructPix2Pix folder (default: the embedded tiny model)")
-    .option("--variant <name>", "weight variant, e.g. fp16 (f16 weights; the UNet computes on f16 activations where the adapter has shader-f16)")
+    .option("--variant <name>", "weight variant, e.g. fp16 (f16 weights; the UNet, VAE and text encoder compute on f16 activations where the adapter has shader-f16)")
     .option("--lora <file>", "LoRA weights (peft/diffusers or old attn-procs safetensors) for the UNet");
 }
 
