@@ -51,7 +51,8 @@ while IFS='|' read -r name from flags; do
   d=$R/runs/$name
   if [ "$from" != - ]; then
     mkdir -p "$d" && cp -r "$from"/. "$d"/ && rm -f "$d"/*.jsonl "$d/README.md"
-    for st in vae t2i editor; do [ -f "$d/$st/done.json" ] && touch "$d/$st/copied"; done
+    # each copied stage remembers its newest checkpoint: only what trains past it here comes back
+    for st in vae decoder t2i editor; do [ -d "$d/$st" ] && (cd "$d" && ls -d $st/ckpt-* 2>/dev/null | tail -1) > "$d/$st/copied"; done
   fi
   # shellcheck disable=SC2086
   ( bun cli.ts pretrain --out "$d" $flags --max-seconds "$MAXS" > "$R/runs/$name.log" 2>&1; echo "rc=$?" >> "$R/runs/$name.log" ) &
@@ -73,9 +74,9 @@ fi
 step results
 for n in "${names[@]}"; do
   echo "-- $n: $(tail -1 "$R/runs/$n.log")"
-  for st in vae t2i editor; do
+  for st in vae decoder t2i editor; do
     f="$R/runs/$n/$st/metrics.jsonl"
-    [ -f "$f" ] && ! [ -f "$R/runs/$n/$st/copied" ] || continue
+    [ -f "$f" ] || continue
     echo "$st:"; grep -E '"(psnr|grounding_own|l1_outside)"' "$f" | cut -c1-330 | tail -5
   done
 done
@@ -91,12 +92,12 @@ for n in "${names[@]}"; do
   d=$R/runs/$n
   cp "$R/runs/$n.log" "$d/run.log"
   items=(run.log settings.json)
-  for st in vae t2i editor; do
+  for st in vae decoder t2i editor; do
     [ -d "$d/$st" ] || continue
     items+=($(cd "$d" && ls -d $st/metrics.jsonl $st/done.json 2>/dev/null))
-    # a stage copied in finished (its checkpoint is already at home): only the stages trained here
-    [ -f "$d/$st/copied" ] && continue
     newest=$(cd "$d" && ls -d $st/ckpt-* 2>/dev/null | tail -1)
+    # a checkpoint copied in is already at home: only what trained here comes back
+    [ -f "$d/$st/copied" ] && [ "$newest" = "$(cat "$d/$st/copied")" ] && continue
     [ -n "$newest" ] && ! [ -f "$d/editor/done.json" ] && items+=("$newest")
   done
   [ -f "$d/editor/done.json" ] && items+=(model)

@@ -15,7 +15,7 @@ if (!run || !dest) throw new Error("usage: bun scripts/snapshot_pretrain.ts RUN_
 rmSync(dest, { recursive: true, force: true });
 mkdirSync(dest, { recursive: true });
 copyFileSync(join(run, "settings.json"), join(dest, "settings.json"));
-const stages = ["vae", "t2i", "editor"].filter((s) => listStageCheckpoints(join(run, s)).length > 0);
+const stages = ["vae", "decoder", "t2i", "editor"].filter((s) => listStageCheckpoints(join(run, s)).length > 0);
 stages.forEach((stage, i) => {
   const out = join(dest, stage);
   mkdirSync(out, { recursive: true });

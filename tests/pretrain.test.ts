@@ -2,7 +2,7 @@
 // stopped and resumed equals an uninterrupted one bit for bit, a damaged checkpoint or changed
 // settings are refused with the file named, and the held-out measurements compute what they claim.
 import { describe, expect, test } from "bun:test";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { tinyModelDir } from "../src/models/tiny.ts";
@@ -15,7 +15,7 @@ import { heldOutExamples, maskToMap, trainExample } from "../src/pretrain/data.t
 import { wordPositions } from "../src/pretrain/evaluate.ts";
 import { preparePretrainDir, runPretrain } from "../src/pretrain/run.ts";
 import { learningRate } from "../src/pretrain/loop.ts";
-import { openSafetensors } from "../src/io/safetensors.ts";
+import { openSafetensors, type TensorToWrite, writeSafetensors } from "../src/io/safetensors.ts";
 import { pretrainSettings, type PretrainOptions } from "../src/cli/pretrain.ts";
 import { UserError } from "../src/errors.ts";
 import { useGpu } from "./helpers.ts";
@@ -82,6 +82,10 @@ describe("pretraining objectives", () => {
     expect(learningRate({ ...spec, decay: "linear" }, 0)).toBeCloseTo(1e-4, 12); // 1e-3 · 1/10 · (1 − 0/100)
     expect(learningRate({ ...spec, decay: "linear" }, 50)).toBeCloseTo(5e-4, 12);
     expect(learningRate({ ...spec, decay: "linear" }, 99)).toBeCloseTo(1e-5, 12);
+    // an optimizer restarted at step 60 warms up again from there
+    expect(learningRate({ ...spec, decay: "none" }, 60, 60)).toBeCloseTo(1e-4, 12);
+    expect(learningRate({ ...spec, decay: "none" }, 64, 60)).toBeCloseTo(5e-4, 12);
+    expect(learningRate({ ...spec, decay: "linear" }, 60, 60)).toBeCloseTo(4e-5, 12); // 1e-3 · 1/10 · (1 − 60/100)
   });
 
   test("the v weighting scales a step's noise loss by 1/alphabar_t over its mean (alphabar from the scaled-linear betas, computed here)", async () => {
@@ -336,6 +340,48 @@ describe("rl4pix pretrain runs", () => {
       // lengthening it once started is refused, naming settings.json, before anything trains.
       await expect(runPretrain(plain, pretrainSettings(options(plain, specPath, { decoderSteps: 4, editorSteps: 2 })))).rejects.toThrow(/settings\.json: this run was started with other settings/);
       expect(readdirSync(join(plain, "decoder")).filter((n) => n.startsWith("ckpt-")).sort().pop()).toBe("ckpt-0000003");
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+
+  test("a stage kept without its AdamW moments is lengthened only with freshOptimizer, which restarts the optimizer and warm-up; that continuation resumes exactly", async () => {
+    const work = mkdtempSync(join(tmpdir(), "rl4pix-pretrain-"));
+    try {
+      const specPath = writeSmallSpec(work);
+      const a = join(work, "a");
+      expect(await runPretrain(a, pretrainSettings(options(a, specPath, { t2iSteps: 3, editorSteps: 2 })))).toBe(true);
+      // keep the text-to-image stage as scripts/snapshot_pretrain.ts keeps a finished stage: weights only
+      rmSync(join(a, "editor"), { recursive: true });
+      const t2iCkpts = () => readdirSync(join(a, "t2i")).filter((n) => n.startsWith("ckpt-")).sort();
+      const kept = join(a, "t2i", t2iCkpts().pop()!, "weights.safetensors");
+      const f = openSafetensors(kept);
+      const weights = new Map<string, TensorToWrite>(f.names().filter((n) => !n.startsWith("adam_")).map((n) => [n, { dtype: "F32", shape: f.info(n).shape, data: f.toF32(n) }]));
+      expect(weights.size).toBeLessThan(f.names().length);
+      writeSafetensors(kept, weights, f.metadata ?? undefined);
+      const b = join(work, "b");
+      cpSync(a, b, { recursive: true });
+
+      const longer = (dir: string) => pretrainSettings(options(dir, specPath, { t2iSteps: 5, editorSteps: 2 }));
+      await expect(runPretrain(a, longer(a))).rejects.toThrow(/t2i.ckpt-0000003.weights\.safetensors: holds the weights only .*--fresh-optimizer/);
+      expect(t2iCkpts().pop()).toBe("ckpt-0000003");
+
+      const lines: string[] = [];
+      expect(await runPretrain(a, longer(a), { freshOptimizer: true, log: (l) => lines.push(l) })).toBe(true);
+      expect(lines).toContain("t2i: continuing at step 3/5 with a restarted optimizer (the checkpoint holds no AdamW moments)");
+      const state = JSON.parse(readFileSync(join(a, "t2i", "ckpt-0000005", "state.json"), "utf8"));
+      expect({ step: state.step, adamStep: state.adamStep, optimizerRestartedAt: state.optimizerRestartedAt }).toEqual({ step: 5, adamStep: 2, optimizerRestartedAt: 3 });
+      expect(readdirSync(join(a, "editor")).filter((n) => n.startsWith("ckpt-")).length).toBeGreaterThan(0);
+
+      // The same continuation stopped after its first step and resumed (its checkpoint has moments
+      // now, so no flag is needed): the same model bytes.
+      let polls = 0;
+      expect(await runPretrain(b, longer(b), { freshOptimizer: true, stop: () => ++polls === 1 })).toBe(false);
+      expect(JSON.parse(readFileSync(join(b, "t2i", "ckpt-0000004", "state.json"), "utf8")).optimizerRestartedAt).toBe(3);
+      expect(await runPretrain(b, longer(b))).toBe(true);
+      const want = modelBytes(a);
+      const got = modelBytes(b);
+      for (const [k, v] of want) expect(`${k}: ${Buffer.compare(v, got.get(k)!) === 0}`).toBe(`${k}: true`);
     } finally {
       rmSync(work, { recursive: true, force: true });
     }

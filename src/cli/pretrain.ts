@@ -33,6 +33,8 @@ export interface PretrainOptions {
   evalSampleSteps: number;
   checkpointEvery: number;
   maxSeconds?: number;
+  /** Continue a stage kept as finished without its AdamW moments, with a restarted optimizer. */
+  freshOptimizer?: boolean;
   quiet?: boolean;
 }
 
@@ -97,6 +99,7 @@ export async function pretrain(o: PretrainOptions): Promise<boolean> {
     const done = await runPretrain(o.out, settings, {
       stop: () => interrupted || (o.maxSeconds !== undefined && performance.now() - t0 > o.maxSeconds * 1000),
       log: o.quiet ? undefined : (line) => console.error(line),
+      freshOptimizer: o.freshOptimizer,
     });
     if (interrupted) throw new Interrupted(`interrupted; run the same command to resume ${o.out}`);
     return done;
@@ -130,6 +133,7 @@ export function register(program: Command): void {
     .option("--eval-sample-steps <n>", "DDIM steps of the editor's sampled evaluation", num("--eval-sample-steps", 1, 1000, true), 20)
     .option("--checkpoint-every <n>", "steps between checkpoints", num("--checkpoint-every", 1, 1e7, true), 100)
     .option("--max-seconds <s>", "checkpoint and stop after this long (run again to resume)", num("--max-seconds", 1, 1e8))
+    .option("--fresh-optimizer", "lengthen a stage whose checkpoint holds the weights only (kept as finished, e.g. in checkpoints/) with a restarted AdamW and warm-up (not an exact resume)")
     .action(action(async (o: PretrainOptions) => {
       const done = await pretrain(o);
       console.log(done ? join(o.out, "model") : `${o.out} (stopped; run the same command to resume)`);

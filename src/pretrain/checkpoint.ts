@@ -27,6 +27,11 @@ export interface StageState {
   step: number;
   adamStep: number;
   settingsHash: string;
+  /**
+   * The step at which the optimizer was restarted (a stage continued from a weights-only checkpoint
+   * with fresh AdamW moments); the warm-up counts from it. Absent: never restarted.
+   */
+  optimizerRestartedAt?: number;
 }
 
 const PREFIX = "ckpt-";
@@ -75,7 +80,11 @@ export async function saveStageCheckpoint(stageDir: string, params: readonly Nam
  * null when the stage has none. A damaged newest checkpoint is an error naming its file: resuming
  * from an older one silently would change the result.
  */
-export function loadStageCheckpoint(stageDir: string, params: readonly NamedParam[], settingsHash: string): { state: StageState; adam: AdamWState } | null {
+export function loadStageCheckpoint(
+  stageDir: string,
+  params: readonly NamedParam[],
+  settingsHash: string,
+): { state: StageState; adam: AdamWState; weightsFile: string; weightsOnly: boolean } | null {
   const all = listStageCheckpoints(stageDir);
   if (all.length === 0) return null;
   const [, dir] = all[all.length - 1];
@@ -107,5 +116,8 @@ export function loadStageCheckpoint(stageDir: string, params: readonly NamedPara
     adam.m[i] = names.has(mName) ? keep(Tensor.from(file.toF32(mName), p.t.shape, "f32", "adamw_m")) : null;
     adam.v[i] = names.has(vName) ? keep(Tensor.from(file.toF32(vName), p.t.shape, "f32", "adamw_v")) : null;
   });
-  return { state, adam };
+  // A snapshot of a finished stage keeps the weights only (scripts/snapshot_pretrain.ts): no moments
+  // at all although the optimizer had stepped. (A parameter without a gradient yet has none either.)
+  const weightsOnly = state.adamStep > 0 && !file.names().some((n) => n.startsWith("adam_"));
+  return { state, adam, weightsFile: file.path, weightsOnly };
 }

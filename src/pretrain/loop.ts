@@ -9,6 +9,7 @@ import { Tensor, backward, clearTape, scope } from "../tensor/index.ts";
 import { scopeAsync } from "../tensor/scope.ts";
 import { adamW, clipGradNorm, createAdamWState, disposeAdamWState, type AdamWState } from "../tensor/ops/optim.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
+import { UserError } from "../errors.ts";
 import { loadStageCheckpoint, type NamedParam, saveStageCheckpoint } from "./checkpoint.ts";
 
 export interface ParamGroup {
@@ -49,6 +50,12 @@ export interface StageSpec {
   log?: (line: string) => void;
   /** Steps between progress lines (default 50). */
   logEvery?: number;
+  /**
+   * Continue from a weights-only checkpoint (a finished stage kept without its AdamW moments) with a
+   * restarted AdamW and warm-up. Without it such a checkpoint is refused when steps are left: it
+   * cannot be resumed exactly.
+   */
+  freshOptimizer?: boolean;
 }
 
 export interface StageResult {
@@ -57,8 +64,9 @@ export interface StageResult {
   finished: boolean;
 }
 
-export function learningRate(spec: Pick<StageSpec, "learningRate" | "warmupSteps" | "decay" | "steps">, step: number): number {
-  const warm = spec.warmupSteps > 0 ? Math.min(1, (step + 1) / spec.warmupSteps) : 1;
+/** The learning rate of `step`; the warm-up counts from `warmupFrom` (where the optimizer started). */
+export function learningRate(spec: Pick<StageSpec, "learningRate" | "warmupSteps" | "decay" | "steps">, step: number, warmupFrom = 0): number {
+  const warm = spec.warmupSteps > 0 ? Math.min(1, (step - warmupFrom + 1) / spec.warmupSteps) : 1;
   const decay = spec.decay === "linear" ? Math.max(0, 1 - step / spec.steps) : 1;
   return spec.learningRate * warm * decay;
 }
@@ -86,13 +94,23 @@ export async function runStage(spec: StageSpec): Promise<StageResult> {
   const logEvery = spec.logEvery ?? 50;
   const resumed = loadStageCheckpoint(spec.dir, all, spec.settingsHash);
   let step = resumed?.state.step ?? 0;
+  let warmupFrom = resumed?.state.optimizerRestartedAt ?? 0;
+  const restart = resumed !== null && resumed.weightsOnly && step < spec.steps;
+  if (restart) {
+    if (!spec.freshOptimizer) {
+      throw new UserError(
+        `${resumed.weightsFile}: holds the weights only (the AdamW moments were dropped when the ${spec.name} stage was kept as finished), so it cannot be resumed exactly; add --fresh-optimizer to continue it with a restarted optimizer and warm-up, or use a new --out folder`,
+      );
+    }
+    warmupFrom = step;
+  }
   // One AdamW state per group (the kernel takes one learning rate per call).
   const states: AdamWState[] = [];
   {
     let at = 0;
     for (const g of spec.groups) {
       const st = createAdamWState();
-      if (resumed) {
+      if (resumed && !restart) {
         st.step = resumed.adam.step;
         st.m = resumed.adam.m.slice(at, at + g.params.length);
         st.v = resumed.adam.v.slice(at, at + g.params.length);
@@ -103,12 +121,17 @@ export async function runStage(spec: StageSpec): Promise<StageResult> {
   }
   const merged = (): AdamWState => ({ step: states[0]?.step ?? 0, m: states.flatMap((s, i) => padTo(s.m, spec.groups[i].params.length)), v: states.flatMap((s, i) => padTo(s.v, spec.groups[i].params.length)) });
   const save = async () => {
-    await saveStageCheckpoint(spec.dir, all, merged(), { step, adamStep: states[0]?.step ?? 0, settingsHash: spec.settingsHash });
+    await saveStageCheckpoint(spec.dir, all, merged(), {
+      step,
+      adamStep: states[0]?.step ?? 0,
+      settingsHash: spec.settingsHash,
+      ...(warmupFrom > 0 ? { optimizerRestartedAt: warmupFrom } : {}),
+    });
   };
   const record = (m: StageMetrics) => appendFileSync(metricsPath, JSON.stringify(m) + "\n");
   if (resumed) {
     trimMetrics(metricsPath, step);
-    log(`${spec.name}: resuming at step ${step}/${spec.steps}`);
+    log(restart ? `${spec.name}: continuing at step ${step}/${spec.steps} with a restarted optimizer (the checkpoint holds no AdamW moments)` : `${spec.name}: resuming at step ${step}/${spec.steps}`);
   } else {
     trimMetrics(metricsPath, -1);
   }
@@ -120,7 +143,7 @@ export async function runStage(spec: StageSpec): Promise<StageResult> {
   try {
     if (step === 0 && spec.evaluate && spec.evalEvery > 0) record({ step: 0, ...(await spec.evaluate(0)) });
     while (step < spec.steps) {
-      const lr = learningRate(spec, step);
+      const lr = learningRate(spec, step, warmupFrom);
       const tStep = performance.now();
       const loss = await scopeAsync(async () => {
         const l = spec.loss(step);

@@ -62,6 +62,8 @@ export interface PretrainSettings {
 export interface PretrainHooks {
   stop?: () => boolean;
   log?: (line: string) => void;
+  /** A stage kept as finished without its AdamW moments may continue with a restarted optimizer (loop.ts). */
+  freshOptimizer?: boolean;
 }
 
 /** The stages in the order they run. */
@@ -219,6 +221,7 @@ export async function runPretrain(dir: string, s: PretrainSettings, hooks: Pretr
     evalEvery: s.evalEvery,
     stop: hooks.stop,
     log,
+    freshOptimizer: hooks.freshOptimizer,
   });
   try {
     // 1. VAE
