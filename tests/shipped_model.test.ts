@@ -11,6 +11,7 @@ import { defaultModelDir } from "../src/models/default_model.ts";
 import { disposeModels, loadIP2P } from "../src/diffusion/pipeline.ts";
 import { editImage } from "../src/diffusion/edit.ts";
 import { heldOutExamples } from "../src/pretrain/data.ts";
+import { Tensor, noGrad } from "../src/tensor/index.ts";
 import { useGpu } from "./helpers.ts";
 
 useGpu();
@@ -78,6 +79,25 @@ describe("the shipped model", () => {
       expect(inEdit / inInput).toBeLessThan(0.6);
       // Outside the mask: close to the target, which there equals the input (measured 0.068).
       expect(outEdit / outCount).toBeLessThan(0.1);
+    } finally {
+      disposeModels(m);
+    }
+  });
+
+  test("its VAE reconstructs held-out images at 30 dB or better (issue #12's bar; the model card's 32.3 dB is over 128 images)", async () => {
+    const m = loadIP2P(SHIPPED);
+    try {
+      const size = 32;
+      const images = heldOutExamples(8, size).flatMap((e) => [e.source, e.target]); // [3, 32, 32] each, in [0, 1]
+      let psnrSum = 0;
+      for (const img of images) {
+        const x = Tensor.from(Float32Array.from(img, (v) => v * 2 - 1), [1, 3, size, size]);
+        const y = await noGrad(() => m.vae.decode(m.vae.encode(x).mean)).read(); // [1, 3, 32, 32] in [-1, 1]
+        let se = 0;
+        for (let i = 0; i < img.length; i++) se += (Math.min(1, Math.max(0, (y[i] + 1) / 2)) - img[i]) ** 2;
+        psnrSum += 10 * Math.log10(1 / (se / img.length));
+      }
+      expect(psnrSum / images.length).toBeGreaterThanOrEqual(30);
     } finally {
       disposeModels(m);
     }
