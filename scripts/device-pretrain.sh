@@ -34,12 +34,10 @@ else
   source scripts/device-setup.sh || { pack_logs; exit 2; }
 fi
 
-E="--vae-steps 1000 --t2i-steps 1500 --editor-batch 64 --eval-every 500"
-RUNS=${RUNS-"eps-lr5e-4|checkpoints/editor-tiny|$E --editor-steps 2000 --editor-lr 5e-4
-v-lr5e-4|checkpoints/editor-tiny|$E --editor-steps 2000 --editor-lr 5e-4 --editor-loss v
-v-lr1e-3|checkpoints/editor-tiny|$E --editor-steps 2000 --editor-lr 1e-3 --editor-loss v
-eps-lr1e-3|checkpoints/editor-tiny|$E --editor-steps 2000 --editor-lr 1e-3
-scratch-b64|-|--batch 64 --vae-steps 3000 --t2i-steps 3000 --editor-steps 3000 --eval-every 500"}
+# Default: continue checkpoints/editor-tiny's text-to-image stage (longer text-to-image training is
+# what grounds the instruction's attention, learning notes E17.3) and then train the editor from it.
+E="--vae-steps 1000 --decoder-steps 6000 --decoder-lr 1e-3 --editor-batch 64 --editor-lr 1e-3 --editor-loss v --eval-every 500"
+RUNS=${RUNS-"t2i-8000|checkpoints/editor-tiny|$E --t2i-steps 8000 --editor-steps 3000"}
 LEARN=${LEARN:-}
 LEARN_SECONDS=$([ -n "$LEARN" ] && echo "${LEARN_SECONDS:-240}" || echo 0)
 MAXS=$(( START + BUDGET - ${PACK:-50} - LEARN_SECONDS - $(date +%s) ))
