@@ -34,10 +34,11 @@ else
   source scripts/device-setup.sh || { pack_logs; exit 2; }
 fi
 
-# Default: continue checkpoints/editor-tiny's text-to-image stage (longer text-to-image training is
-# what grounds the instruction's attention, learning notes E17.3) and then train the editor from it.
+# Default: continue checkpoints/editor-tiny's editor stage (trained from its 4000-step text-to-image
+# stage, whose longer training is what grounds the instruction's attention, learning notes E17.3/E20)
+# to 3000 steps; the decoder stage (not in that checkpoint) runs first and depends on the VAE only.
 E="--vae-steps 1000 --decoder-steps 6000 --decoder-lr 1e-3 --editor-batch 64 --editor-lr 1e-3 --editor-loss v --eval-every 500"
-RUNS=${RUNS-"t2i-8000|checkpoints/editor-tiny|$E --t2i-steps 8000 --editor-steps 3000"}
+RUNS=${RUNS-"editor-3000|checkpoints/editor-tiny|$E --t2i-steps 4000 --editor-steps 3000"}
 LEARN=${LEARN:-}
 LEARN_SECONDS=$([ -n "$LEARN" ] && echo "${LEARN_SECONDS:-240}" || echo 0)
 MAXS=$(( START + BUDGET - ${PACK:-50} - LEARN_SECONDS - $(date +%s) ))
