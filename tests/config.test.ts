@@ -3,6 +3,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
+import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { UserError } from "../src/errors.ts";
 import {
@@ -17,6 +18,7 @@ import {
   formatConfig,
   loadConfig,
   loraScale,
+  NON_RESUME_KEYS,
   parseLayerSpec,
   resumeDifferences,
   saveConfig,
@@ -81,6 +83,7 @@ const OURS: Record<string, unknown> = {
   data: "",
   "report.num_samples": 4,
   gradient_checkpointing: false,
+  "sample.num_image_per_prompt": 1,
 };
 
 function expectUserError(fn: () => unknown, ...patterns: RegExp[]): void {
@@ -243,6 +246,20 @@ describe("serialisation and resume", () => {
     saveConfig(p, cfg);
     expect(readFileSync(p, "utf8")).toBe(formatConfig(cfg));
     expect(loadConfig(p)).toEqual(cfg);
+  });
+
+  test("a key added later (sample.num_image_per_prompt) leaves the hash of older checkpoints alone while at its default", () => {
+    const legacy = (cfg: ReturnType<typeof defaultConfig>) =>
+      createHash("sha256")
+        .update(JSON.stringify(configKeys().map((k) => k.key).filter((k) => !NON_RESUME_KEYS.includes(k) && k !== "sample.num_image_per_prompt").map((k) => [k, configGet(cfg, k)])))
+        .digest("hex");
+    const a = applyOverrides(defaultConfig(), ["seed=3", "train.learning_rate=1e-3"]);
+    expect(configHash(a)).toBe(legacy(a));
+    const b = applyOverrides(a, ["sample.num_image_per_prompt=1"]);
+    expect(configHash(b)).toBe(legacy(a));
+    const c = applyOverrides(a, ["sample.num_image_per_prompt=2", "sample.batch_size=2"]);
+    expect(configHash(c)).not.toBe(configHash(applyOverrides(a, ["sample.batch_size=2"])));
+    expect(resumeDifferences(applyOverrides(a, ["sample.batch_size=2"]), c)).toEqual([{ key: "sample.num_image_per_prompt", saved: 1, current: 2 }]);
   });
 
   test("the hash ignores only epochs, save frequency, checkpoint limit, logdir and resume_from", () => {

@@ -100,6 +100,47 @@ describe("runs", () => {
     }
   });
 
+  test("sample.num_image_per_prompt samples each prompt k times with its own noise, and the tracker compares the group", async () => {
+    const dir = tmp("groups");
+    try {
+      await synthDataset(join(dir, "synth"), { n: 8, seed: 3, size: 32 });
+      const set = [...SMALL, "num_epochs=1", "sample.batch_size=4", "sample.num_image_per_prompt=2", "train.batch_size=2"];
+      const cfg = loadConfig(undefined, set);
+      const models = loadIP2P(await tinyModelDir());
+      const seen: { key: string; reward: number; output: Float32Array }[] = [];
+      try {
+        const trainer = new Trainer(models, cfg, await openDataset(join(dir, "synth", "manifest.jsonl")), join(dir, "run"), {
+          reward: ({ sample, output }) => {
+            const reward = output.reduce((a, v) => a + v, 0) / output.length;
+            seen.push({ key: sample.key, reward, output: Float32Array.from(output) });
+            return { reward, cos: 0, clip: 0, mae: 0 };
+          },
+        });
+        ensureRunDir(join(dir, "run"));
+        await trainer.init();
+        await trainer.run();
+        // two prompts, each twice in a row, the two samples of a prompt with different noise
+        expect(seen.map((s) => s.key)).toEqual([seen[0].key, seen[0].key, seen[2].key, seen[2].key]);
+        expect(seen[2].key).not.toBe(seen[0].key);
+        for (const g of [0, 2]) {
+          let diff = 0;
+          for (let i = 0; i < seen[g].output.length; i++) diff = Math.max(diff, Math.abs(seen[g].output[i] - seen[g + 1].output[i]));
+          expect(diff).toBeGreaterThan(0.01);
+        }
+        // the per-prompt tracker holds each group's two rewards (min_count 2: the group is its own baseline)
+        const [, ckpt] = listCheckpoints(join(dir, "run"))[0];
+        const state = JSON.parse(readFileSync(join(ckpt, "state.json"), "utf8"));
+        expect(state.tracker.buffers[seen[0].key]).toEqual([seen[0].reward, seen[1].reward]);
+        expect(state.tracker.buffers[seen[2].key]).toEqual([seen[2].reward, seen[3].reward]);
+      } finally {
+        disposeModels(models);
+      }
+      expect(() => loadConfig(undefined, [...set, "sample.num_image_per_prompt=3"])).toThrow(/"sample.batch_size" \(4\) must be a multiple of "sample.num_image_per_prompt" \(3\)/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("a run resumed from its checkpoint continues bit-identically", async () => {
     const a = tmp("runA");
     const b = tmp("runB");

@@ -46,6 +46,8 @@ export interface Config {
     image_guidance_scale: number;
     batch_size: number;
     num_batches_per_epoch: number;
+    /** Samples of each prompt in a sampling batch (a group whose rewards the per-prompt tracker compares). */
+    num_image_per_prompt: number;
   };
   train: {
     batch_size: number;
@@ -106,6 +108,8 @@ interface Field {
   type: FieldType;
   def: Value;
   doc: string;
+  /** Added after checkpoints existed: left out of configHash while at its default, so older runs resume. */
+  hashOmitDefault?: boolean;
 }
 
 const int = (min: number, max?: number): FieldType => ({ kind: "int", min, max });
@@ -136,6 +140,7 @@ const FIELDS: readonly Field[] = [
   { key: "sample.image_guidance_scale", type: num({ min: 0 }), def: 1.5, doc: "Image guidance weight s_I" },
   { key: "sample.batch_size", type: int(1), def: 1, doc: "Batch size for sampling" },
   { key: "sample.num_batches_per_epoch", type: int(1), def: 2, doc: "Number of batches to sample per epoch" },
+  { key: "sample.num_image_per_prompt", type: int(1), def: 1, doc: "Samples of each prompt per sampling batch (different noise), compared by the per-prompt tracker", hashOmitDefault: true },
   // Table 4, train
   { key: "train.batch_size", type: int(1), def: 1, doc: "Batch size for training" },
   { key: "train.use_8bit_adam", type: bool, def: true, doc: "Whether to use the 8bit Adam optimizer (accepted; a plain AdamW is used)" },
@@ -343,6 +348,8 @@ function crossCheck(cfg: Config, source: string): void {
         `"train.batch_size" × "train.gradient_accumulation_steps" (${perStep})`,
     );
   }
+  const k = cfg.sample.num_image_per_prompt;
+  if (sb % k !== 0) fail(`"sample.batch_size" (${sb}) must be a multiple of "sample.num_image_per_prompt" (${k})`);
   const ps = cfg.per_prompt_stat_tracking;
   if (ps.min_count > ps.buffer_size) {
     fail(`"per_prompt_stat_tracking.min_count" (${ps.min_count}) exceeds "per_prompt_stat_tracking.buffer_size" (${ps.buffer_size}): a buffer could never reach it`);
@@ -530,10 +537,13 @@ function resumeEntries(cfg: Config): [string, Value][] {
 
 /**
  * A hash of the keys that matter for resuming (all but num_epochs, save_freq, num_checkpoint_limit,
- * logdir, resume_from): sha256 of their canonical JSON, hex.
+ * logdir, resume_from; a key added after checkpoints existed counts only when it differs from its
+ * default): sha256 of their canonical JSON, hex.
  */
 export function configHash(cfg: Config): string {
-  return createHash("sha256").update(JSON.stringify(resumeEntries(cfg))).digest("hex");
+  // keys added later are left out while at their default, so that the hashes of older checkpoints hold
+  const omitted = new Set(FIELDS.filter((f) => f.hashOmitDefault && Object.is(getPath(cfg, f.key), f.def)).map((f) => f.key));
+  return createHash("sha256").update(JSON.stringify(resumeEntries(cfg).filter(([k]) => !omitted.has(k)))).digest("hex");
 }
 
 export interface ConfigDifference {

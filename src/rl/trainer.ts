@@ -219,9 +219,14 @@ export class Trainer {
       if (b === c.sample.num_batches_per_epoch) break;
       hooks.onPhase?.(epoch, "sampling", b, c.sample.num_batches_per_epoch);
       faultPoint("sampling", epoch, b);
-      const rows = await this.stream.take(B);
+      // B / k prompts, each sampled k times in a row with its own noise (sampleSeed by position)
+      const k = c.sample.num_image_per_prompt;
+      const rows = await this.stream.take(B / k);
       const prepared: PreparedSample[] = [];
-      for (const r of rows) prepared.push(await prepareSample(r, c.resolution, this.mapSide));
+      for (const r of rows) {
+        const p = await prepareSample(r, c.resolution, this.mapSide);
+        for (let j = 0; j < k; j++) prepared.push(p);
+      }
       const batch = await scopeAsync(async () => {
         const prompts = encodePrompts(m, prepared.map((p) => p.instruction));
         const S = c.resolution;
