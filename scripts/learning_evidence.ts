@@ -74,9 +74,16 @@ const evalSeeds = Array.from({ length: Number(values["eval-seeds"]) }, (_, i) =>
 
 const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
+/** With the paper's reward, its value and MAE(edit, input) per (held-out edit, seed) of the latest heldOutCos. */
+let side: { reward: number[]; mae: number[] } = { reward: [], mae: [] };
+
 /** The measure per (held-out edit, seed) under the training sampler: attention_cos (evaluateAttention's values) or brightness. */
 async function heldOutCos(m: IP2PModels, cfg: Config): Promise<number[]> {
-  if (rewardKind === "paper") return (await evaluateAttention(m, cfg, layers, held, evalSeeds)).values;
+  if (rewardKind === "paper") {
+    const e = await evaluateAttention(m, cfg, layers, held, evalSeeds);
+    side = { reward: e.rewardValues, mae: e.maeValues };
+    return e.values;
+  }
   const values: number[] = [];
   for (const s of held) {
     for (const seed of evalSeeds) {
@@ -102,6 +109,7 @@ function baseReward(x: RewardInput, cfg: Config): RewardParts {
 const t0 = performance.now();
 const before = await heldOutCos(models, cfg0);
 const meanBefore = mean(before);
+const sideBefore = side;
 console.log(`before: held-out ${measureName} ${meanBefore.toFixed(4)} over ${before.length} (edit, seed) pairs (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
 const rows: Record<string, unknown>[] = [];
 let afterRewarded: number[] = [];
@@ -126,6 +134,14 @@ for (const seed of seeds) {
     const d = pairedDifference(after, before);
     const p = { mean: d.mean, se: d.stderr, t: d.mean / d.stderr, n: d.n };
     const row: Record<string, unknown> = { run: name, seed, reward: sign > 0 ? rewardKind : "negated (control)", epochs: history.length, train_reward: history.map((h) => h.reward_mean), approx_kl: history.map((h) => h.approx_kl), after: mean(after), diff_mean: p.mean, diff_se: p.se, t: p.t, n: p.n };
+    let also = "";
+    if (rewardKind === "paper") {
+      const r = pairedDifference(side.reward, sideBefore.reward);
+      const a = pairedDifference(side.mae, sideBefore.mae);
+      row.reward_diff = { mean: r.mean, se: r.stderr, t: r.mean / r.stderr };
+      row.mae_diff = { mean: a.mean, se: a.stderr, t: a.mean / a.stderr };
+      also = `; reward ${r.mean.toFixed(4)} ± ${r.stderr.toFixed(4)}, MAE ${a.mean.toFixed(4)} ± ${a.stderr.toFixed(4)}`;
+    }
     let vsControl = "";
     if (sign > 0) afterRewarded = after;
     else {
@@ -134,7 +150,7 @@ for (const seed of seeds) {
       vsControl = `; rewarded − control ${v.mean.toFixed(4)} ± ${v.stderr.toFixed(4)} (t ${(v.mean / v.stderr).toFixed(2)})`;
     }
     rows.push(row);
-    console.log(`${name}: ${measureName} after ${mean(after).toFixed(4)}, paired diff ${p.mean.toFixed(4)} ± ${p.se.toFixed(4)} (t ${p.t.toFixed(2)}, n ${p.n})${vsControl} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+    console.log(`${name}: ${measureName} after ${mean(after).toFixed(4)}, paired diff ${p.mean.toFixed(4)} ± ${p.se.toFixed(4)} (t ${p.t.toFixed(2)}, n ${p.n})${also}${vsControl} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
     writeFileSync(join(out, "results.json"), JSON.stringify({ model: resolve(values.model), reward: rewardKind, measure: measureName, settings: SETTINGS, eval_seeds: evalSeeds, before: meanBefore, runs: rows }, null, 2) + "\n");
   }
 }

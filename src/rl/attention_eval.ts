@@ -17,11 +17,16 @@ export interface AttentionEval {
   n: number;
   /** cos per (sample, seed), samples outer: paired comparisons use these. */
   values: number[];
+  /** The full reward per (sample, seed), in the order of `values`. */
+  rewardValues: number[];
+  /** MAE(edit, input) per (sample, seed), in the order of `values`. */
+  maeValues: number[];
 }
 
 export async function evaluateAttention(models: IP2PModels, cfg: Config, layers: readonly CrossAttentionLayer[], samples: readonly PreparedSample[], seeds: readonly number[]): Promise<AttentionEval> {
   const cos: number[] = [];
   const rewards: number[] = [];
+  const maes: number[] = [];
   for (const s of samples) {
     for (const seed of seeds) {
       const input = { width: s.size, height: s.size, channels: 3, data: s.source };
@@ -35,12 +40,13 @@ export async function evaluateAttention(models: IP2PModels, cfg: Config, layers:
       const p = instructReward(r.attention!.map, s.aGt, s.source, r.image.data, cfg.reward.alpha, cfg.reward.tau);
       cos.push(p.cos);
       rewards.push(p.reward);
+      maes.push(p.mae);
     }
   }
   const n = cos.length;
   const mean = cos.reduce((a, b) => a + b, 0) / n;
   const sd = Math.sqrt(cos.reduce((a, b) => a + (b - mean) ** 2, 0) / Math.max(n - 1, 1));
-  return { cos: mean, reward: rewards.reduce((a, b) => a + b, 0) / n, cosStderr: sd / Math.sqrt(n), n, values: cos };
+  return { cos: mean, reward: rewards.reduce((a, b) => a + b, 0) / n, cosStderr: sd / Math.sqrt(n), n, values: cos, rewardValues: rewards, maeValues: maes };
 }
 
 /** Mean and standard error of after − before over paired values (same samples, same seeds). */
