@@ -84,6 +84,7 @@ const OURS: Record<string, unknown> = {
   "report.num_samples": 4,
   gradient_checkpointing: false,
   "sample.num_image_per_prompt": 1,
+  "train.skip_final_steps": 0,
 };
 
 function expectUserError(fn: () => unknown, ...patterns: RegExp[]): void {
@@ -251,11 +252,11 @@ describe("serialisation and resume", () => {
   test("a key added later (sample.num_image_per_prompt) leaves the hash of older checkpoints alone while at its default", () => {
     const legacy = (cfg: ReturnType<typeof defaultConfig>) =>
       createHash("sha256")
-        .update(JSON.stringify(configKeys().map((k) => k.key).filter((k) => !NON_RESUME_KEYS.includes(k) && k !== "sample.num_image_per_prompt").map((k) => [k, configGet(cfg, k)])))
+        .update(JSON.stringify(configKeys().map((k) => k.key).filter((k) => !NON_RESUME_KEYS.includes(k) && !["sample.num_image_per_prompt", "train.skip_final_steps"].includes(k)).map((k) => [k, configGet(cfg, k)])))
         .digest("hex");
     const a = applyOverrides(defaultConfig(), ["seed=3", "train.learning_rate=1e-3"]);
     expect(configHash(a)).toBe(legacy(a));
-    const b = applyOverrides(a, ["sample.num_image_per_prompt=1"]);
+    const b = applyOverrides(a, ["sample.num_image_per_prompt=1", "train.skip_final_steps=0"]);
     expect(configHash(b)).toBe(legacy(a));
     const c = applyOverrides(a, ["sample.num_image_per_prompt=2", "sample.batch_size=2"]);
     expect(configHash(c)).not.toBe(configHash(applyOverrides(a, ["sample.batch_size=2"])));

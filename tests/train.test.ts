@@ -7,6 +7,7 @@ import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { tinyModelDir } from "../src/models/tiny.ts";
 import { encodePrompts, encodeImages, guidedConditioning, loadIP2P, sampleChain, disposeModels } from "../src/diffusion/pipeline.ts";
+import * as score from "../src/diffusion/score.ts";
 import { stepLogProb } from "../src/diffusion/score.ts";
 import { initLora } from "../src/nn/lora.ts";
 import { Tensor, noGrad, scope } from "../src/tensor/index.ts";
@@ -136,6 +137,37 @@ describe("runs", () => {
         disposeModels(models);
       }
       expect(() => loadConfig(undefined, [...set, "sample.num_image_per_prompt=3"])).toThrow(/"sample.batch_size" \(4\) must be a multiple of "sample.num_image_per_prompt" \(3\)/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("train.skip_final_steps leaves the last denoising steps out of the PPO loss", async () => {
+    const dir = tmp("skip-final");
+    try {
+      await synthDataset(join(dir, "synth"), { n: 2, seed: 3, size: 32 });
+      const trained = async (skip: number): Promise<number[]> => {
+        const cfg = loadConfig(undefined, [...SMALL, "num_epochs=1", `train.skip_final_steps=${skip}`]);
+        const models = loadIP2P(await tinyModelDir());
+        const seen = new Set<number>();
+        const spy = spyOn(score, "stepLogProb");
+        try {
+          const run = join(dir, `run-${skip}`);
+          const trainer = new Trainer(models, cfg, await openDataset(join(dir, "synth", "manifest.jsonl")), run);
+          ensureRunDir(run);
+          await trainer.init();
+          await trainer.run();
+          for (const call of spy.mock.calls) for (const t of call[4] as number[]) seen.add(t);
+        } finally {
+          spy.mockRestore();
+          disposeModels(models);
+        }
+        return [...seen].sort((a, b) => b - a);
+      };
+      // 4 DDIM steps: t = 751, 501, 251, 1
+      expect(await trained(0)).toEqual([751, 501, 251, 1]);
+      expect(await trained(2)).toEqual([751, 501]);
+      expect(() => loadConfig(undefined, [...SMALL, "train.skip_final_steps=4"])).toThrow(/"train.skip_final_steps" \(4\) must be below "sample.num_steps" \(4\)/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -65,6 +65,8 @@ export interface Config {
     adv_clip_max: number;
     clip_range: number;
     timestep_fraction: number;
+    /** The last N denoising steps are sampled (stochastically) but left out of the PPO loss. */
+    skip_final_steps: number;
   };
   per_prompt_stat_tracking: {
     buffer_size: number;
@@ -156,6 +158,7 @@ const FIELDS: readonly Field[] = [
   { key: "train.adv_clip_max", type: num({ min: 0, minOpen: true }), def: 5, doc: "Clip advantages to the range [-adv_clip_max, adv_clip_max]" },
   { key: "train.clip_range", type: num({ min: 0, minOpen: true }), def: 1e-4, doc: "The PPO clip range" },
   { key: "train.timestep_fraction", type: num({ min: 0, minOpen: true, max: 1 }), def: 1.0, doc: "The fraction of timesteps to train on" },
+  { key: "train.skip_final_steps", type: int(0), def: 0, doc: "The last N denoising steps are sampled but not trained on (their small sigma_t gives their log-prob gradients most of the scale while their noise hardly changes the result)", hashOmitDefault: true },
   // Table 4, per-prompt stat tracking
   { key: "per_prompt_stat_tracking.buffer_size", type: int(1), def: 16, doc: "Number of reward values to store in the buffer" },
   { key: "per_prompt_stat_tracking.min_count", type: int(1), def: 16, doc: "Minimum number of reward values" },
@@ -347,6 +350,9 @@ function crossCheck(cfg: Config, source: string): void {
       `samples per epoch ("sample.batch_size" × "sample.num_batches_per_epoch" = ${perEpoch}) must be a multiple of ` +
         `"train.batch_size" × "train.gradient_accumulation_steps" (${perStep})`,
     );
+  }
+  if (cfg.train.skip_final_steps >= cfg.sample.num_steps) {
+    fail(`"train.skip_final_steps" (${cfg.train.skip_final_steps}) must be below "sample.num_steps" (${cfg.sample.num_steps}): no step would be trained`);
   }
   const k = cfg.sample.num_image_per_prompt;
   if (sb % k !== 0) fail(`"sample.batch_size" (${sb}) must be a multiple of "sample.num_image_per_prompt" (${k})`);

@@ -282,7 +282,8 @@ export class Trainer {
     const c = this.cfg;
     const m = this.models;
     const T = c.sample.num_steps;
-    const nTrain = Math.max(1, Math.floor(T * c.train.timestep_fraction));
+    const trainable = T - c.train.skip_final_steps; // steps 0 .. trainable-1 enter the loss
+    const nTrain = Math.max(1, Math.floor(trainable * c.train.timestep_fraction));
     const accum = c.train.gradient_accumulation_steps * nTrain;
     const params = this.params();
     const guidance = { text: c.sample.guidance_scale, image: c.sample.image_guidance_scale };
@@ -300,7 +301,7 @@ export class Trainer {
     const bs = c.train.batch_size;
     for (let inner = 0; inner < c.train.num_inner_epochs; inner++) {
       const order = this.rng.shuffle([...Array(N).keys()]);
-      const perms = order.map(() => this.rng.shuffle([...Array(T).keys()]));
+      const perms = order.map(() => this.rng.shuffle([...Array(trainable).keys()]));
       const nBatches = Math.floor(N / bs);
       for (let b = 0; b < nBatches; b++) {
         const idx = order.slice(b * bs, (b + 1) * bs);
