@@ -251,6 +251,13 @@ describe("rl4pix pretrain runs", () => {
       const vaeCfg = JSON.parse(readFileSync(join(whole, "model", "vae", "config.json"), "utf8"));
       expect(vaeCfg.scaling_factor).not.toBe(1); // chosen from the trained encoder's latents
 
+      // A finished run copied without its model folder (as checkpoints/ snapshots are): resuming
+      // writes the same model again rather than reporting a folder that is not there.
+      rmSync(join(parts, "model"), { recursive: true, force: true });
+      expect(await runPretrain(parts, settings)).toBe(true);
+      const c = modelBytes(parts);
+      for (const [k, v] of a) expect(`${k}: ${Buffer.compare(v, c.get(k)!) === 0}`).toBe(`${k}: true`);
+
       // A lengthened last stage continues the run and writes the model folder again.
       const before = modelBytes(whole).get("unet/diffusion_pytorch_model.safetensors")!;
       expect(await runPretrain(whole, pretrainSettings(options(whole, specPath, { decoderSteps: 3, editorSteps: 4 })))).toBe(true);

@@ -145,10 +145,13 @@ async function writeModelFolder(dir: string, m: IP2PModels, scalingFactor: numbe
   publishFolder(tmp, target, target);
 }
 
-/** True when `stage` finished at `steps` and its model folder was written then (a lengthened stage writes it again). */
+/**
+ * True when `stage` finished at `steps` and its model folder was written then and is still there (a
+ * lengthened stage writes it again; so does a run folder copied without model/, like a snapshot).
+ */
 function stageWritten(dir: string, stage: StageName, steps: number): boolean {
   const path = join(dir, stage, "done.json");
-  if (!existsSync(path)) return false;
+  if (!existsSync(path) || !existsSync(join(dir, "model", "model_index.json"))) return false;
   try {
     return (JSON.parse(readFileSync(path, "utf8")) as { steps?: number }).steps === steps;
   } catch {
