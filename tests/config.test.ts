@@ -78,6 +78,7 @@ const OURS: Record<string, unknown> = {
   "reward.layers": "res:4",
   "lora.rank": 4,
   "lora.alpha": null,
+  "lora.target_modules": "to_q,to_k,to_v,to_out.0",
   resolution: 512,
   model: "",
   data: "",
@@ -153,6 +154,8 @@ describe("JSON files", () => {
 
   test("wrong types and bad ranges", () => {
     expectUserError(() => loadConfig(jsonFile({ sample: { num_steps: "50" } })), /"sample\.num_steps" must be an integer/, /got "50"/);
+    expectUserError(() => loadConfig(undefined, ["lora.target_modules=to_q,attn3.to_k"]), /"lora\.target_modules": 'attn3\.to_k' is not one of to_q, to_k, to_v, to_out\.0/);
+    expect(loadConfig(undefined, ["lora.target_modules=attn2.to_q,attn2.to_k"]).lora.target_modules).toBe("attn2.to_q,attn2.to_k");
     expectUserError(() => loadConfig(jsonFile({ train: { cfg: 1 } })), /"train\.cfg" must be true or false/);
     expectUserError(() => loadConfig(jsonFile({ seed: 1.5 })), /"seed"/);
     expectUserError(() => loadConfig(jsonFile({ train: { batch_size: 0 } })), /"train\.batch_size" must be an integer >= 1/);
@@ -252,12 +255,13 @@ describe("serialisation and resume", () => {
   test("a key added later (sample.num_image_per_prompt) leaves the hash of older checkpoints alone while at its default", () => {
     const legacy = (cfg: ReturnType<typeof defaultConfig>) =>
       createHash("sha256")
-        .update(JSON.stringify(configKeys().map((k) => k.key).filter((k) => !NON_RESUME_KEYS.includes(k) && !["sample.num_image_per_prompt", "train.skip_final_steps"].includes(k)).map((k) => [k, configGet(cfg, k)])))
+        .update(JSON.stringify(configKeys().map((k) => k.key).filter((k) => !NON_RESUME_KEYS.includes(k) && !["sample.num_image_per_prompt", "train.skip_final_steps", "lora.target_modules"].includes(k)).map((k) => [k, configGet(cfg, k)])))
         .digest("hex");
     const a = applyOverrides(defaultConfig(), ["seed=3", "train.learning_rate=1e-3"]);
     expect(configHash(a)).toBe(legacy(a));
-    const b = applyOverrides(a, ["sample.num_image_per_prompt=1", "train.skip_final_steps=0"]);
+    const b = applyOverrides(a, ["sample.num_image_per_prompt=1", "train.skip_final_steps=0", "lora.target_modules=to_q,to_k,to_v,to_out.0"]);
     expect(configHash(b)).toBe(legacy(a));
+    expect(configHash(applyOverrides(a, ["lora.target_modules=attn2.to_q"]))).not.toBe(configHash(a));
     const c = applyOverrides(a, ["sample.num_image_per_prompt=2", "sample.batch_size=2"]);
     expect(configHash(c)).not.toBe(configHash(applyOverrides(a, ["sample.batch_size=2"])));
     expect(resumeDifferences(applyOverrides(a, ["sample.batch_size=2"]), c)).toEqual([{ key: "sample.num_image_per_prompt", saved: 1, current: 2 }]);

@@ -6,7 +6,7 @@ import { loadPipelineConfig, resolveWeightFiles } from "../src/io/diffusers.ts";
 import { readLoraFile } from "../src/io/lora_format.ts";
 import { UNet2DConditionModel } from "../src/nn/unet.ts";
 import { loadWeights } from "../src/nn/load.ts";
-import { attachLoraLayers, loadLoraFile, loraParameters, loraTargets } from "../src/nn/lora.ts";
+import { attachLoraLayers, initLora, loadLoraFile, loraParameters, loraTargets } from "../src/nn/lora.ts";
 import { Tensor, backward, clearTape, noGrad, scope } from "../src/tensor/index.ts";
 import * as ops from "../src/tensor/ops/index.ts";
 import { expectClose, maxAbsDiff, useGpu } from "./helpers.ts";
@@ -25,6 +25,24 @@ function freshUnet(): UNet2DConditionModel {
 }
 
 describe("LoRA on the UNet", () => {
+  test("target_modules: only the named projections get adapters, initialised as in a full init", async () => {
+    const unet = freshUnet();
+    initLora(unet, 4, 11);
+    const all = new Map<string, Float32Array>();
+    for (const p of loraParameters(unet)) all.set(p.path, await p.down.readF32());
+    const every = [...loraTargets(unet).keys()];
+    expect(all.size).toBe(every.length);
+    initLora(unet, 4, 11, 4, ["attn2.to_q", "to_k"]);
+    const some = loraParameters(unet);
+    const want = every.filter((p) => p.endsWith(".attn2.to_q") || p.endsWith(".to_k"));
+    expect(want.length).toBeGreaterThan(0);
+    expect(want.length).toBeLessThan(every.length);
+    expect(some.map((p) => p.path)).toEqual(want);
+    for (const p of some) expect(Array.from(await p.down.readF32())).toEqual(Array.from(all.get(p.path)!));
+    expect([...loraTargets(unet)].filter(([, lin]) => lin.lora !== null).length).toBe(want.length);
+    unet.disposeParameters();
+  });
+
   test("the old attn-procs LoRA file changes the output exactly as merging W + scale * up @ down", async () => {
     const base = freshUnet();
     const x = g("unet.sample");

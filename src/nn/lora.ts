@@ -23,11 +23,27 @@ export function loraParameters(unet: UNet2DConditionModel): { path: string; down
   return out;
 }
 
-/** Fresh trainable adapters of rank `rank` on every target (ddpo-pytorch's initialisation). */
-export function initLora(unet: UNet2DConditionModel, rank: number, seed: number, alpha = rank): void {
+/** Whether a module path is named by one of peft-style `targets` (a name or a dotted suffix of the path). */
+export function isLoraTarget(path: string, targets: readonly string[]): boolean {
+  return targets.some((t) => path === t || path.endsWith(`.${t}`));
+}
+
+/**
+ * Fresh trainable adapters of rank `rank` (ddpo-pytorch's initialisation) on every target, or on
+ * those `targets` names (peft's target_modules); a module's initial weights do not depend on which
+ * others are adapted.
+ */
+export function initLora(unet: UNet2DConditionModel, rank: number, seed: number, alpha = rank, targets?: readonly string[]): void {
   let i = 0;
-  for (const [, lin] of loraTargets(unet)) {
-    const down = hostRandn(rank * lin.inFeatures, (seed * 65537 + i++ * 2654435761) >>> 0).map((v) => v / rank);
+  for (const [path, lin] of loraTargets(unet)) {
+    const index = i++;
+    if (targets && !isLoraTarget(path, targets)) {
+      lin.lora?.down.dispose();
+      lin.lora?.up.dispose();
+      lin.lora = null;
+      continue;
+    }
+    const down = hostRandn(rank * lin.inFeatures, (seed * 65537 + index * 2654435761) >>> 0).map((v) => v / rank);
     lin.lora?.down.dispose();
     lin.lora?.up.dispose();
     lin.lora = {

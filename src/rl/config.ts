@@ -84,6 +84,8 @@ export interface Config {
     rank: number;
     /** null = rank (scale 1). */
     alpha: number | null;
+    /** Comma list of the attention projections that get adapters, by name or path suffix (peft's target_modules). */
+    target_modules: string;
   };
   report: {
     /** Fixed samples rendered at every save. */
@@ -112,6 +114,15 @@ interface Field {
   doc: string;
   /** Added after checkpoints existed: left out of configHash while at its default, so older runs resume. */
   hashOmitDefault?: boolean;
+}
+
+/** The projections of every attention that LoRA can adapt (diffusers' names). */
+export const LORA_TARGET_NAMES = ["to_q", "to_k", "to_v", "to_out.0"] as const;
+const LORA_TARGET_PATTERN = /^(attn[12]\.)?(to_q|to_k|to_v|to_out\.0)$/;
+
+/** `lora.target_modules` as a list. */
+export function loraTargetModules(cfg: Config): string[] {
+  return cfg.lora.target_modules.split(",").map((t) => t.trim());
 }
 
 const int = (min: number, max?: number): FieldType => ({ kind: "int", min, max });
@@ -168,6 +179,7 @@ const FIELDS: readonly Field[] = [
   { key: "reward.layers", type: { kind: "layers" }, def: "res:4", doc: "Cross-attention layers of the reward map (res:N, down, mid, up, module paths; comma list)" },
   { key: "lora.rank", type: int(1), def: 4, doc: "LoRA rank" },
   { key: "lora.alpha", type: { kind: "number?", min: 0, minOpen: true }, def: null, doc: "LoRA alpha (null = rank, i.e. scale 1)" },
+  { key: "lora.target_modules", type: str, def: LORA_TARGET_NAMES.join(","), doc: "Attention projections that get LoRA adapters: comma list of to_q, to_k, to_v, to_out.0, each optionally prefixed attn1. (self) or attn2. (cross), as peft's target_modules", hashOmitDefault: true },
   { key: "report.num_samples", type: int(0), def: 4, doc: "Fixed samples rendered at every save" },
 ];
 
@@ -356,6 +368,10 @@ function crossCheck(cfg: Config, source: string): void {
   }
   const k = cfg.sample.num_image_per_prompt;
   if (sb % k !== 0) fail(`"sample.batch_size" (${sb}) must be a multiple of "sample.num_image_per_prompt" (${k})`);
+  const badTarget = cfg.lora.target_modules.split(",").find((t) => !LORA_TARGET_PATTERN.test(t.trim()));
+  if (badTarget !== undefined) {
+    fail(`"lora.target_modules": '${badTarget}' is not one of ${LORA_TARGET_NAMES.join(", ")} (optionally prefixed attn1. or attn2.)`);
+  }
   const ps = cfg.per_prompt_stat_tracking;
   if (ps.min_count > ps.buffer_size) {
     fail(`"per_prompt_stat_tracking.min_count" (${ps.min_count}) exceeds "per_prompt_stat_tracking.buffer_size" (${ps.buffer_size}): a buffer could never reach it`);

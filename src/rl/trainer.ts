@@ -30,7 +30,7 @@ import {
 import { AttentionMapRecorder, type CrossAttentionLayer, crossAttentionLayers } from "../diffusion/attention_store.ts";
 import { stepLogProb } from "../diffusion/score.ts";
 import { initLora, loraParameters } from "../nn/lora.ts";
-import { type Config, configHash, loraScale, parseLayerSpec, selectsLayer } from "./config.ts";
+import { type Config, configHash, loraScale, loraTargetModules, parseLayerSpec, selectsLayer } from "./config.ts";
 import { PerPromptStatTracker, clipAdvantages } from "./stat_tracker.ts";
 import { instructReward, type RewardParts } from "./reward.ts";
 import { SampleStream, type StreamState } from "./data_stream.ts";
@@ -181,7 +181,7 @@ export class Trainer {
       if (this.scaler && loaded.state.gradScaler) this.scaler = new GradScaler({}, loaded.state.gradScaler);
       this.startEpoch = loaded.state.epoch + 1;
     } else {
-      initLora(unet, this.cfg.lora.rank, mixSeeds(this.cfg.seed, 3), this.cfg.lora.rank * loraScale(this.cfg));
+      initLora(unet, this.cfg.lora.rank, mixSeeds(this.cfg.seed, 3), this.cfg.lora.rank * loraScale(this.cfg), loraTargetModules(this.cfg));
       this.startEpoch = 0;
     }
     // compile every sampling kernel now, so epoch timings do not include it
