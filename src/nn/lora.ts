@@ -37,15 +37,11 @@ export function initLora(unet: UNet2DConditionModel, rank: number, seed: number,
   let i = 0;
   for (const [path, lin] of loraTargets(unet)) {
     const index = i++;
-    if (targets && !isLoraTarget(path, targets)) {
-      lin.lora?.down.dispose();
-      lin.lora?.up.dispose();
-      lin.lora = null;
-      continue;
-    }
-    const down = hostRandn(rank * lin.inFeatures, (seed * 65537 + index * 2654435761) >>> 0).map((v) => v / rank);
     lin.lora?.down.dispose();
     lin.lora?.up.dispose();
+    lin.lora = null;
+    if (targets && !isLoraTarget(path, targets)) continue;
+    const down = hostRandn(rank * lin.inFeatures, (seed * 65537 + index * 2654435761) >>> 0).map((v) => v / rank);
     lin.lora = {
       down: Tensor.from(down, [rank, lin.inFeatures], "f32", "lora_A").keep().requireGrad(),
       up: Tensor.from(new Float32Array(lin.outFeatures * rank), [lin.outFeatures, rank], "f32", "lora_B").keep().requireGrad(),

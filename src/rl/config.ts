@@ -368,7 +368,7 @@ function crossCheck(cfg: Config, source: string): void {
   }
   const k = cfg.sample.num_image_per_prompt;
   if (sb % k !== 0) fail(`"sample.batch_size" (${sb}) must be a multiple of "sample.num_image_per_prompt" (${k})`);
-  const badTarget = cfg.lora.target_modules.split(",").find((t) => !LORA_TARGET_PATTERN.test(t.trim()));
+  const badTarget = loraTargetModules(cfg).find((t) => !LORA_TARGET_PATTERN.test(t));
   if (badTarget !== undefined) {
     fail(`"lora.target_modules": '${badTarget}' is not one of ${LORA_TARGET_NAMES.join(", ")} (optionally prefixed attn1. or attn2.)`);
   }
