@@ -29,7 +29,7 @@ import { listCheckpoints, LORA_FILE } from "../src/rl/checkpoint.ts";
 import { loadLoraFile, removeLora } from "../src/nn/lora.ts";
 import { HELDOUT_SEED } from "../src/pretrain/data.ts";
 import { defaultRewardLayers } from "../src/rl/model_defaults.ts";
-import { DEMO_SETTINGS } from "../src/cli/demo.ts";
+import { EXPERIMENT_SETTINGS } from "./experiment_settings.ts";
 
 const { values } = parseArgs({
   options: {
@@ -53,8 +53,8 @@ const rewardKind = values.reward!;
 if (rewardKind !== "paper" && rewardKind !== "brightness") throw new Error(`--reward: '${rewardKind}' is not paper or brightness`);
 const measureName = rewardKind === "paper" ? "attention_cos" : "brightness";
 
-// The demo's training sampler and PPO settings (the paper's reward), with 8 DDIM steps.
-const SETTINGS = [...DEMO_SETTINGS, "sample.num_steps=8", "report.num_samples=2", `num_epochs=${epochs}`, `save_freq=${epochs}`, ...values.set!];
+// The experiments' base (E17–E23's demo run, scripts/experiment_settings.ts) with 8 DDIM steps; --set on top.
+const SETTINGS = [...EXPERIMENT_SETTINGS, "sample.num_steps=8", "report.num_samples=2", `num_epochs=${epochs}`, `save_freq=${epochs}`, ...values.set!];
 
 await initGpu();
 const trainManifest = join(out, "train", "manifest.jsonl");

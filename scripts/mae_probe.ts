@@ -15,13 +15,13 @@ import { openDataset, loadImage } from "../src/io/datasets/index.ts";
 import { loadConfig } from "../src/rl/config.ts";
 import { prepareSample } from "../src/rl/prepare.ts";
 import { HELDOUT_SEED } from "../src/pretrain/data.ts";
-import { DEMO_SETTINGS } from "../src/cli/demo.ts";
+import { EXPERIMENT_SETTINGS } from "./experiment_settings.ts";
 
 const { values } = parseArgs({ options: { model: { type: "string" }, n: { type: "string", default: "16" }, seeds: { type: "string", default: "2" }, data: { type: "string", default: "/tmp/mae_probe_heldout" }, pics: { type: "string" }, set: { type: "string", multiple: true, default: [] } } });
 await initGpu();
 const manifest = join(values.data!, "manifest.jsonl");
 if (!existsSync(manifest)) await synthDataset(values.data!, { n: Number(values.n), seed: HELDOUT_SEED, size: 32, grounded: true });
-const cfg = loadConfig(undefined, [...DEMO_SETTINGS, "sample.num_steps=8", ...values.set!]);
+const cfg = loadConfig(undefined, [...EXPERIMENT_SETTINGS, "sample.num_steps=8", ...values.set!]);
 const m = loadIP2P(values.model!);
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const rows: { vae: number; tgt: number; all: number; inside: number; outside: number; frac: number }[] = [];

@@ -14,14 +14,14 @@ import { prepareSample, type PreparedSample } from "../src/rl/prepare.ts";
 import { evaluateAttention } from "../src/rl/attention_eval.ts";
 import { HELDOUT_SEED } from "../src/pretrain/data.ts";
 import { defaultRewardLayers } from "../src/rl/model_defaults.ts";
-import { DEMO_SETTINGS } from "../src/cli/demo.ts";
+import { EXPERIMENT_SETTINGS } from "./experiment_settings.ts";
 
 const { values } = parseArgs({ options: { model: { type: "string" }, n: { type: "string", default: "16" }, seeds: { type: "string", default: "2" }, text: { type: "string", default: "5" }, image: { type: "string", default: "1.5,2.5,4" }, data: { type: "string", default: "/tmp/mae_probe_heldout" }, set: { type: "string", multiple: true, default: [] } } });
 await initGpu();
 const manifest = join(values.data!, "manifest.jsonl");
 if (!existsSync(manifest)) await synthDataset(values.data!, { n: Number(values.n), seed: HELDOUT_SEED, size: 32, grounded: true });
 const m = loadIP2P(values.model!);
-const base = [...DEMO_SETTINGS, "sample.num_steps=8", `reward.layers=${defaultRewardLayers(m.unet)}`, ...values.set!];
+const base = [...EXPERIMENT_SETTINGS, "sample.num_steps=8", `reward.layers=${defaultRewardLayers(m.unet)}`, ...values.set!];
 const cfg0 = loadConfig(undefined, base);
 const layers = rewardLayers(m, cfg0);
 const mapSide = Math.ceil(cfg0.resolution / m.vae.scaleFactor / layers[0].factor);
