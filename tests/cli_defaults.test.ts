@@ -87,7 +87,7 @@ describe("defaults on the embedded model", () => {
     // before and after are measured on the held-out split, not on the training edits
     expect(readFileSync(join(work, "demo", "heldout", "manifest.jsonl"), "utf8")).toContain(`"id":"synth-${HELDOUT_SEED}-00001"`);
     expect(existsSync(join(work, "demo", "report.html"))).toBe(true);
-  });
+  }, 600_000); // one epoch is 32 sampled edits (four batches of eight): about a minute alone on 2 CPU cores
 
   test("pretrain, a few steps of each stage (default architecture, batch and seed)", () => {
     const out = join(work, "pretrain");
