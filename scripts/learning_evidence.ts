@@ -12,6 +12,10 @@
 // Usage:
 //   bun scripts/learning_evidence.ts --model DIR --out DIR [--seeds 0,1,2] [--epochs 12]
 //        [--reward paper|brightness] [--train-n 32] [--heldout-n 16] [--eval-seeds 2] [--set key=value ...]
+//        [--lora NAME=DIR ...]
+// With --lora no run trains: each saved checkpoint folder (a run's checkpoints/checkpoint_N) is measured
+// on the same held-out edits and seeds as the model before training, paired (e.g. an earlier epoch of
+// a run; the --set values must be the run's, since they choose the sampler).
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -42,6 +46,7 @@ const { values } = parseArgs({
     "eval-seeds": { type: "string", default: "2" },
     reward: { type: "string", default: "paper" },
     set: { type: "string", multiple: true, default: [] },
+    lora: { type: "string", multiple: true, default: [] },
   },
 });
 if (!values.model || !values.out) throw new Error("--model DIR and --out DIR are required");
@@ -111,6 +116,24 @@ const before = await heldOutCos(models, cfg0);
 const meanBefore = mean(before);
 const sideBefore = side;
 console.log(`before: held-out ${measureName} ${meanBefore.toFixed(4)} over ${before.length} (edit, seed) pairs (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+if (values.lora!.length > 0) {
+  for (const spec of values.lora!) {
+    const [name, dir] = spec.includes("=") ? [spec.slice(0, spec.indexOf("=")), spec.slice(spec.indexOf("=") + 1)] : [spec, spec];
+    loadLoraFile(models.unet, join(dir, LORA_FILE));
+    const after = await heldOutCos(models, cfg0);
+    removeLora(models.unet);
+    const d = pairedDifference(after, before);
+    let also = "";
+    if (rewardKind === "paper") {
+      const r = pairedDifference(side.reward, sideBefore.reward);
+      const a = pairedDifference(side.mae, sideBefore.mae);
+      also = `; reward ${r.mean.toFixed(4)} ± ${r.stderr.toFixed(4)}, MAE ${a.mean.toFixed(4)} ± ${a.stderr.toFixed(4)}`;
+    }
+    console.log(`${name}: ${measureName} after ${mean(after).toFixed(4)}, paired diff ${d.mean.toFixed(4)} ± ${d.stderr.toFixed(4)} (t ${(d.mean / d.stderr).toFixed(2)}, n ${d.n})${also} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+  }
+  destroyGpu();
+  process.exit(0);
+}
 const rows: Record<string, unknown>[] = [];
 let afterRewarded: number[] = [];
 for (const seed of seeds) {

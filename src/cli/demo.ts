@@ -121,7 +121,7 @@ export async function demo(o: DemoOptions): Promise<void> {
   // the model folder and the settings are checked before anything is written or the GPU starts;
   // the reward layers are the model's default (rl/model_defaults.ts)
   const { cfg, modelDir } = await loadRunConfig(undefined, settings, "demo");
-  // the training edits of scripts/learning_evidence.ts (seed 3): the demo is its seed-0 rewarded run
+  // the training edits of scripts/learning_evidence.ts (seed 3); the run's seed is train's default (42)
   if (!existsSync(manifest)) await synthDataset(data, { n: o.samples, seed: 3, size: cfg.resolution, grounded: true });
   if (!existsSync(heldManifest)) await synthDataset(heldDir, { n: o.heldOut, seed: HELDOUT_SEED, size: cfg.resolution, grounded: true });
   say(`grounded synthetic edits: ${o.samples} to train on (${data}), ${o.heldOut} held out (${heldDir})`);
