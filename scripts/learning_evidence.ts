@@ -116,20 +116,23 @@ const before = await heldOutCos(models, cfg0);
 const meanBefore = mean(before);
 const sideBefore = side;
 console.log(`before: held-out ${measureName} ${meanBefore.toFixed(4)} over ${before.length} (edit, seed) pairs (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+/** The measure with a saved LoRA loaded, paired against the model before training (and, with the paper's reward, its reward and MAE). */
+async function measureLora(loraFile: string, cfg: Config) {
+  loadLoraFile(models.unet, loraFile);
+  const after = await heldOutCos(models, cfg);
+  removeLora(models.unet);
+  const d = pairedDifference(after, before);
+  const extra = rewardKind === "paper" ? { reward: pairedDifference(side.reward, sideBefore.reward), mae: pairedDifference(side.mae, sideBefore.mae) } : undefined;
+  const also = extra ? `; reward ${extra.reward.mean.toFixed(4)} ± ${extra.reward.stderr.toFixed(4)}, MAE ${extra.mae.mean.toFixed(4)} ± ${extra.mae.stderr.toFixed(4)}` : "";
+  const line = `${measureName} after ${mean(after).toFixed(4)}, paired diff ${d.mean.toFixed(4)} ± ${d.stderr.toFixed(4)} (t ${(d.mean / d.stderr).toFixed(2)}, n ${d.n})${also}`;
+  return { after, d, extra, line };
+}
+
 if (values.lora!.length > 0) {
   for (const spec of values.lora!) {
-    const [name, dir] = spec.includes("=") ? [spec.slice(0, spec.indexOf("=")), spec.slice(spec.indexOf("=") + 1)] : [spec, spec];
-    loadLoraFile(models.unet, join(dir, LORA_FILE));
-    const after = await heldOutCos(models, cfg0);
-    removeLora(models.unet);
-    const d = pairedDifference(after, before);
-    let also = "";
-    if (rewardKind === "paper") {
-      const r = pairedDifference(side.reward, sideBefore.reward);
-      const a = pairedDifference(side.mae, sideBefore.mae);
-      also = `; reward ${r.mean.toFixed(4)} ± ${r.stderr.toFixed(4)}, MAE ${a.mean.toFixed(4)} ± ${a.stderr.toFixed(4)}`;
-    }
-    console.log(`${name}: ${measureName} after ${mean(after).toFixed(4)}, paired diff ${d.mean.toFixed(4)} ± ${d.stderr.toFixed(4)} (t ${(d.mean / d.stderr).toFixed(2)}, n ${d.n})${also} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+    const i = spec.indexOf("=");
+    const m = await measureLora(join(spec.slice(i + 1), LORA_FILE), cfg0);
+    console.log(`${i < 0 ? spec : spec.slice(0, i)}: ${m.line} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
   }
   destroyGpu();
   process.exit(0);
@@ -151,19 +154,11 @@ for (const seed of seeds) {
     await trainer.init();
     const history = await trainer.run({});
     const ck = listCheckpoints(dir);
-    loadLoraFile(models.unet, join(ck[ck.length - 1][1], LORA_FILE));
-    const after = await heldOutCos(models, cfg);
-    removeLora(models.unet);
-    const d = pairedDifference(after, before);
-    const p = { mean: d.mean, se: d.stderr, t: d.mean / d.stderr, n: d.n };
-    const row: Record<string, unknown> = { run: name, seed, reward: sign > 0 ? rewardKind : "negated (control)", epochs: history.length, train_reward: history.map((h) => h.reward_mean), approx_kl: history.map((h) => h.approx_kl), after: mean(after), diff_mean: p.mean, diff_se: p.se, t: p.t, n: p.n };
-    let also = "";
-    if (rewardKind === "paper") {
-      const r = pairedDifference(side.reward, sideBefore.reward);
-      const a = pairedDifference(side.mae, sideBefore.mae);
-      row.reward_diff = { mean: r.mean, se: r.stderr, t: r.mean / r.stderr };
-      row.mae_diff = { mean: a.mean, se: a.stderr, t: a.mean / a.stderr };
-      also = `; reward ${r.mean.toFixed(4)} ± ${r.stderr.toFixed(4)}, MAE ${a.mean.toFixed(4)} ± ${a.stderr.toFixed(4)}`;
+    const { after, d, extra, line } = await measureLora(join(ck[ck.length - 1][1], LORA_FILE), cfg);
+    const row: Record<string, unknown> = { run: name, seed, reward: sign > 0 ? rewardKind : "negated (control)", epochs: history.length, train_reward: history.map((h) => h.reward_mean), approx_kl: history.map((h) => h.approx_kl), after: mean(after), diff_mean: d.mean, diff_se: d.stderr, t: d.mean / d.stderr, n: d.n };
+    if (extra) {
+      row.reward_diff = { mean: extra.reward.mean, se: extra.reward.stderr, t: extra.reward.mean / extra.reward.stderr };
+      row.mae_diff = { mean: extra.mae.mean, se: extra.mae.stderr, t: extra.mae.mean / extra.mae.stderr };
     }
     let vsControl = "";
     if (sign > 0) afterRewarded = after;
@@ -173,7 +168,7 @@ for (const seed of seeds) {
       vsControl = `; rewarded − control ${v.mean.toFixed(4)} ± ${v.stderr.toFixed(4)} (t ${(v.mean / v.stderr).toFixed(2)})`;
     }
     rows.push(row);
-    console.log(`${name}: ${measureName} after ${mean(after).toFixed(4)}, paired diff ${p.mean.toFixed(4)} ± ${p.se.toFixed(4)} (t ${p.t.toFixed(2)}, n ${p.n})${also}${vsControl} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+    console.log(`${name}: ${line}${vsControl} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
     writeFileSync(join(out, "results.json"), JSON.stringify({ model: resolve(values.model), reward: rewardKind, measure: measureName, settings: SETTINGS, eval_seeds: evalSeeds, before: meanBefore, runs: rows }, null, 2) + "\n");
   }
 }
