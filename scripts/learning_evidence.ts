@@ -12,7 +12,8 @@
 // Usage:
 //   bun scripts/learning_evidence.ts --model DIR --out DIR [--seeds 0,1,2] [--epochs 12]
 //        [--reward paper|brightness] [--train-n 32] [--heldout-n 16] [--eval-seeds 2] [--set key=value ...]
-//        [--lora NAME=DIR ...]
+//        [--lora NAME=DIR ...] [--no-control]
+// --no-control trains only the rewarded run of each seed (to count how often it rises, at half the cost).
 // With --lora no run trains: each saved checkpoint folder (a run's checkpoints/checkpoint_N) is measured
 // on the same held-out edits and seeds as the model before training, paired (e.g. an earlier epoch of
 // a run; the --set values must be the run's, since they choose the sampler).
@@ -47,6 +48,7 @@ const { values } = parseArgs({
     reward: { type: "string", default: "paper" },
     set: { type: "string", multiple: true, default: [] },
     lora: { type: "string", multiple: true, default: [] },
+    "no-control": { type: "boolean", default: false },
   },
 });
 if (!values.model || !values.out) throw new Error("--model DIR and --out DIR are required");
@@ -140,7 +142,7 @@ if (values.lora!.length > 0) {
 const rows: Record<string, unknown>[] = [];
 let afterRewarded: number[] = [];
 for (const seed of seeds) {
-  for (const sign of [1, -1]) {
+  for (const sign of values["no-control"] ? [1] : [1, -1]) {
     const name = `${sign > 0 ? rewardKind : "negated"}-seed${seed}`;
     const dir = join(out, "runs", name);
     const cfg = configFor(seed, dir);
