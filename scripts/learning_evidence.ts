@@ -12,7 +12,9 @@
 // Usage:
 //   bun scripts/learning_evidence.ts --model DIR --out DIR [--seeds 0,1,2] [--epochs 12]
 //        [--reward paper|brightness] [--train-n 32] [--heldout-n 16] [--eval-seeds 2] [--set key=value ...]
-//        [--lora NAME=DIR ...] [--no-control]
+//        [--lora NAME=DIR ...] [--no-control] [--measure-on heldout|train]
+// --measure-on train measures on the training edits instead of the held-out ones (does a run learn
+// what it was rewarded on, whether or not that carries over).
 // --no-control trains only the rewarded run of each seed (to count how often it rises, at half the cost).
 // With --lora no run trains: each saved checkpoint folder (a run's checkpoints/checkpoint_N) is measured
 // on the same held-out edits and seeds as the model before training, paired (e.g. an earlier epoch of
@@ -49,6 +51,7 @@ const { values } = parseArgs({
     set: { type: "string", multiple: true, default: [] },
     lora: { type: "string", multiple: true, default: [] },
     "no-control": { type: "boolean", default: false },
+    "measure-on": { type: "string", default: "heldout" },
   },
 });
 if (!values.model || !values.out) throw new Error("--model DIR and --out DIR are required");
@@ -76,7 +79,9 @@ const cfg0 = configFor(0, out);
 const layers = rewardLayers(models, cfg0);
 const mapSide = Math.ceil(cfg0.resolution / models.vae.scaleFactor / layers[0].factor);
 const held: PreparedSample[] = [];
-for await (const s of (await openDataset(heldManifest)).samples()) held.push(await prepareSample(s, cfg0.resolution, mapSide));
+const measureOn = values["measure-on"]!;
+if (measureOn !== "heldout" && measureOn !== "train") throw new Error(`--measure-on: '${measureOn}' is not heldout or train`);
+for await (const s of (await openDataset(measureOn === "train" ? trainManifest : heldManifest)).samples()) held.push(await prepareSample(s, cfg0.resolution, mapSide));
 const evalSeeds = Array.from({ length: Number(values["eval-seeds"]) }, (_, i) => 1000 + i);
 
 const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
@@ -117,7 +122,7 @@ const t0 = performance.now();
 const before = await heldOutCos(models, cfg0);
 const meanBefore = mean(before);
 const sideBefore = side;
-console.log(`before: held-out ${measureName} ${meanBefore.toFixed(4)} over ${before.length} (edit, seed) pairs (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+console.log(`before: ${measureOn === "train" ? "training-edit" : "held-out"} ${measureName} ${meanBefore.toFixed(4)} over ${before.length} (edit, seed) pairs (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
 /** The measure with a saved LoRA loaded, paired against the model before training (and, with the paper's reward, its reward and MAE). */
 async function measureLora(loraFile: string, cfg: Config) {
   loadLoraFile(models.unet, loraFile);
@@ -171,7 +176,7 @@ for (const seed of seeds) {
     }
     rows.push(row);
     console.log(`${name}: ${line}${vsControl} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
-    writeFileSync(join(out, "results.json"), JSON.stringify({ model: resolve(values.model), reward: rewardKind, measure: measureName, settings: SETTINGS, eval_seeds: evalSeeds, before: meanBefore, runs: rows }, null, 2) + "\n");
+    writeFileSync(join(out, "results.json"), JSON.stringify({ model: resolve(values.model), reward: rewardKind, measure: measureName, measured_on: measureOn, settings: SETTINGS, eval_seeds: evalSeeds, before: meanBefore, runs: rows }, null, 2) + "\n");
   }
 }
 destroyGpu();
