@@ -3,7 +3,7 @@
 //   - held-out: the first H grounded edits of the held-out split (src/pretrain/data.ts), each
 //     sampled with K fixed seeds under the training sampler; attention_cos per (edit, seed);
 //   - for each training seed s: one run rewarded with the paper's reward (cos + alpha·L_clip) and a
-//     control rewarded with its negation, both from the same model, data order and noise;
+//     control rewarded with its negation (unless --no-control), both from the same model, data order and noise;
 //   - paired difference per (edit, seed): cos after − cos before; mean, standard error, t = mean/SE;
 //     and the rewarded run against its control (after(+) − after(−), same edits and seeds).
 // With --reward brightness the runs are rewarded for ± the mean brightness of the decoded edit and
