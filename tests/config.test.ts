@@ -79,6 +79,7 @@ const OURS: Record<string, unknown> = {
   "lora.rank": 4,
   "lora.alpha": null,
   "lora.target_modules": "to_q,to_k,to_v,to_out.0",
+  "lora.init_seed": null,
   resolution: 512,
   model: "",
   data: "",
@@ -216,6 +217,8 @@ describe("overrides", () => {
     expect(cfg.seed).toBe(7);
     expect(cfg.model).toBe("/m=weird");
     expect(applyOverrides(cfg, ["lora.alpha=null"]).lora.alpha).toBeNull();
+    expect(applyOverrides(cfg, ["lora.init_seed=5"]).lora.init_seed).toBe(5);
+    expect(applyOverrides(cfg, ["lora.init_seed=null"]).lora.init_seed).toBeNull();
     // the input is not modified
     expect(base).toEqual(defaultConfig());
   });
@@ -232,6 +235,8 @@ describe("overrides", () => {
     expectUserError(() => applyOverrides(cfg, ["seed"]), /not of the form key=value/);
     expectUserError(() => applyOverrides(cfg, ["reward.layers=sideways"]), /"reward\.layers".*unknown item "sideways"/);
     expectUserError(() => applyOverrides(cfg, ["train.batch_size=2"]), /must be a multiple of "train\.batch_size"/);
+    expectUserError(() => applyOverrides(cfg, ["lora.init_seed=1.5"]), /"lora\.init_seed" must be null or an integer >= 0, got 1\.5/);
+    expectUserError(() => applyOverrides(cfg, ["lora.init_seed=-1"]), /"lora\.init_seed" must be null or an integer >= 0/);
   });
 });
 
@@ -255,13 +260,14 @@ describe("serialisation and resume", () => {
   test("a key added later (sample.num_image_per_prompt) leaves the hash of older checkpoints alone while at its default", () => {
     const legacy = (cfg: ReturnType<typeof defaultConfig>) =>
       createHash("sha256")
-        .update(JSON.stringify(configKeys().map((k) => k.key).filter((k) => !NON_RESUME_KEYS.includes(k) && !["sample.num_image_per_prompt", "train.skip_final_steps", "lora.target_modules"].includes(k)).map((k) => [k, configGet(cfg, k)])))
+        .update(JSON.stringify(configKeys().map((k) => k.key).filter((k) => !NON_RESUME_KEYS.includes(k) && !["sample.num_image_per_prompt", "train.skip_final_steps", "lora.target_modules", "lora.init_seed"].includes(k)).map((k) => [k, configGet(cfg, k)])))
         .digest("hex");
     const a = applyOverrides(defaultConfig(), ["seed=3", "train.learning_rate=1e-3"]);
     expect(configHash(a)).toBe(legacy(a));
-    const b = applyOverrides(a, ["sample.num_image_per_prompt=1", "train.skip_final_steps=0", "lora.target_modules=to_q,to_k,to_v,to_out.0"]);
+    const b = applyOverrides(a, ["sample.num_image_per_prompt=1", "train.skip_final_steps=0", "lora.target_modules=to_q,to_k,to_v,to_out.0", "lora.init_seed=null"]);
     expect(configHash(b)).toBe(legacy(a));
     expect(configHash(applyOverrides(a, ["lora.target_modules=attn2.to_q"]))).not.toBe(configHash(a));
+    expect(configHash(applyOverrides(a, ["lora.init_seed=3"]))).not.toBe(configHash(a));
     const c = applyOverrides(a, ["sample.num_image_per_prompt=2", "sample.batch_size=2"]);
     expect(configHash(c)).not.toBe(configHash(applyOverrides(a, ["sample.batch_size=2"])));
     expect(resumeDifferences(applyOverrides(a, ["sample.batch_size=2"]), c)).toEqual([{ key: "sample.num_image_per_prompt", saved: 1, current: 2 }]);

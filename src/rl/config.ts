@@ -86,6 +86,8 @@ export interface Config {
     alpha: number | null;
     /** Comma list of the attention projections that get adapters, by name or path suffix (peft's target_modules). */
     target_modules: string;
+    /** Seed whose adapter initialisation to use; null = `seed`. */
+    init_seed: number | null;
   };
   report: {
     /** Fixed samples rendered at every save. */
@@ -101,7 +103,7 @@ type Value = number | string | boolean | null;
 type FieldType =
   | { kind: "int"; min: number; max?: number }
   | { kind: "number"; min?: number; max?: number; minOpen?: boolean; maxOpen?: boolean }
-  | { kind: "number?"; min?: number; minOpen?: boolean }
+  | { kind: "number?"; min?: number; minOpen?: boolean; integer?: boolean; max?: number }
   | { kind: "bool" }
   | { kind: "string" }
   | { kind: "enum"; values: readonly string[] }
@@ -180,6 +182,7 @@ const FIELDS: readonly Field[] = [
   { key: "lora.rank", type: int(1), def: 4, doc: "LoRA rank" },
   { key: "lora.alpha", type: { kind: "number?", min: 0, minOpen: true }, def: null, doc: "LoRA alpha (null = rank, i.e. scale 1)" },
   { key: "lora.target_modules", type: str, def: LORA_TARGET_NAMES.join(","), doc: "Attention projections that get LoRA adapters: comma list of to_q, to_k, to_v, to_out.0, each optionally prefixed attn1. (self) or attn2. (cross), as peft's target_modules", hashOmitDefault: true },
+  { key: "lora.init_seed", type: { kind: "number?", min: 0, integer: true, max: Number.MAX_SAFE_INTEGER }, def: null, doc: "Seed of the adapters' initial weights (null = seed); sample order and noise still follow seed", hashOmitDefault: true },
   { key: "report.num_samples", type: int(0), def: 4, doc: "Fixed samples rendered at every save" },
 ];
 
@@ -292,7 +295,7 @@ function describeType(f: Field): string {
       return `a number${lo || hi ? " " : ""}${[lo, hi].filter(Boolean).join(" and ")}`;
     }
     case "number?":
-      return `null or a number ${t.minOpen ? ">" : ">="} ${t.min}`;
+      return `null or ${t.integer ? "an integer" : "a number"} ${t.minOpen ? ">" : ">="} ${t.min}${t.max !== undefined && t.max < Number.MAX_SAFE_INTEGER ? ` and <= ${t.max}` : ""}`;
     case "bool":
       return "true or false";
     case "string":
@@ -326,6 +329,8 @@ function checkValue(f: Field, v: unknown, source: string): Value {
       if (typeof v !== "number" || !Number.isFinite(v)) bad();
       const x = v as number;
       if (t.min !== undefined && (t.minOpen ? x <= t.min : x < t.min)) bad();
+      if (t.max !== undefined && x > t.max) bad();
+      if (t.integer && !Number.isInteger(x)) bad();
       return x;
     }
     case "bool":

@@ -181,7 +181,7 @@ export class Trainer {
       if (this.scaler && loaded.state.gradScaler) this.scaler = new GradScaler({}, loaded.state.gradScaler);
       this.startEpoch = loaded.state.epoch + 1;
     } else {
-      initLora(unet, this.cfg.lora.rank, mixSeeds(this.cfg.seed, 3), this.cfg.lora.rank * loraScale(this.cfg), loraTargetModules(this.cfg));
+      initLora(unet, this.cfg.lora.rank, mixSeeds(this.cfg.lora.init_seed ?? this.cfg.seed, 3), this.cfg.lora.rank * loraScale(this.cfg), loraTargetModules(this.cfg));
       this.startEpoch = 0;
     }
     // compile every sampling kernel now, so epoch timings do not include it
