@@ -12,14 +12,17 @@
 // Usage:
 //   bun scripts/learning_evidence.ts --model DIR --out DIR [--seeds 0,1,2] [--epochs 12]
 //        [--reward paper|brightness] [--train-n 32] [--heldout-n 16] [--eval-seeds 2] [--set key=value ...]
-//        [--lora NAME=DIR ...] [--no-control] [--measure-on heldout|train]
+//        [--lora NAME=DIR ...] [--no-control] [--measure-on heldout|train] [--before-cache DIR]
 // --measure-on train measures on the training edits instead of the held-out ones (does a run learn
 // what it was rewarded on, whether or not that carries over).
 // --no-control trains only the rewarded run of each seed (to count how often it rises, at half the cost).
+// --before-cache DIR keeps the model's before-training values there, keyed by everything they depend
+// on (model, measure, edits, sampler, reward, seeds), so runs of other training settings skip them.
 // With --lora no run trains: each saved checkpoint folder (a run's checkpoints/checkpoint_N) is measured
 // on the same held-out edits and seeds as the model before training, paired (e.g. an earlier epoch of
 // a run; the --set values must be the run's, since they choose the sampler).
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { initGpu, destroyGpu } from "../src/gpu/device.ts";
@@ -52,12 +55,13 @@ const { values } = parseArgs({
     lora: { type: "string", multiple: true, default: [] },
     "no-control": { type: "boolean", default: false },
     "measure-on": { type: "string", default: "heldout" },
+    "before-cache": { type: "string" },
   },
 });
 if (!values.model || !values.out) throw new Error("--model DIR and --out DIR are required");
 const out = resolve(values.out);
 mkdirSync(out, { recursive: true });
-const seeds = values.seeds!.split(",").map(Number);
+const seeds = values.seeds === "" ? [] : values.seeds!.split(",").map(Number); // --seeds "" only measures before (e.g. to fill --before-cache)
 const epochs = Number(values.epochs);
 const rewardKind = values.reward!;
 if (rewardKind !== "paper" && rewardKind !== "brightness") throw new Error(`--reward: '${rewardKind}' is not paper or brightness`);
@@ -119,7 +123,26 @@ function baseReward(x: RewardInput, cfg: Config): RewardParts {
 }
 
 const t0 = performance.now();
-const before = await heldOutCos(models, cfg0);
+/** The before-training values, from --before-cache when it has them for exactly this measurement. */
+async function measureBefore(): Promise<number[]> {
+  if (!values["before-cache"]) return heldOutCos(models, cfg0);
+  const key = createHash("sha256")
+    .update(JSON.stringify({ model: resolve(values.model!), rewardKind, measureOn, edits: readFileSync(measureOn === "train" ? trainManifest : heldManifest, "utf8"), sample: cfg0.sample, reward: cfg0.reward, resolution: cfg0.resolution, evalSeeds }))
+    .digest("hex")
+    .slice(0, 16);
+  const file = join(resolve(values["before-cache"]), `before-${key}.json`);
+  if (existsSync(file)) {
+    const cached = JSON.parse(readFileSync(file, "utf8")) as { values: number[]; side: typeof side };
+    side = cached.side;
+    return cached.values;
+  }
+  const v = await heldOutCos(models, cfg0);
+  mkdirSync(resolve(values["before-cache"]), { recursive: true });
+  writeFileSync(`${file}.tmp`, JSON.stringify({ values: v, side }));
+  renameSync(`${file}.tmp`, file);
+  return v;
+}
+const before = await measureBefore();
 const meanBefore = mean(before);
 const sideBefore = side;
 console.log(`before: ${measureOn === "train" ? "training-edit" : "held-out"} ${measureName} ${meanBefore.toFixed(4)} over ${before.length} (edit, seed) pairs (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
@@ -162,7 +185,7 @@ for (const seed of seeds) {
     const history = await trainer.run({});
     const ck = listCheckpoints(dir);
     const { after, d, extra, line } = await measureLora(join(ck[ck.length - 1][1], LORA_FILE), cfg);
-    const row: Record<string, unknown> = { run: name, seed, reward: sign > 0 ? rewardKind : "negated (control)", epochs: history.length, train_reward: history.map((h) => h.reward_mean), approx_kl: history.map((h) => h.approx_kl), after: mean(after), diff_mean: d.mean, diff_se: d.stderr, t: d.mean / d.stderr, n: d.n };
+    const row: Record<string, unknown> = { run: name, seed, reward: sign > 0 ? rewardKind : "negated (control)", epochs: history.length, train_reward: history.map((h) => h.reward_mean), approx_kl: history.map((h) => h.approx_kl), after: mean(after), diff_mean: d.mean, diff_se: d.stderr, t: d.mean / d.stderr, n: d.n, after_values: after };
     if (extra) {
       row.reward_diff = { mean: extra.reward.mean, se: extra.reward.stderr, t: extra.reward.mean / extra.reward.stderr };
       row.mae_diff = { mean: extra.mae.mean, se: extra.mae.stderr, t: extra.mae.mean / extra.mae.stderr };
@@ -176,7 +199,7 @@ for (const seed of seeds) {
     }
     rows.push(row);
     console.log(`${name}: ${line}${vsControl} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
-    writeFileSync(join(out, "results.json"), JSON.stringify({ model: resolve(values.model), reward: rewardKind, measure: measureName, measured_on: measureOn, settings: SETTINGS, eval_seeds: evalSeeds, before: meanBefore, runs: rows }, null, 2) + "\n");
+    writeFileSync(join(out, "results.json"), JSON.stringify({ model: resolve(values.model), reward: rewardKind, measure: measureName, measured_on: measureOn, settings: SETTINGS, eval_seeds: evalSeeds, before: meanBefore, before_values: before, runs: rows }, null, 2) + "\n");
   }
 }
 destroyGpu();
