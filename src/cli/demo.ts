@@ -29,7 +29,7 @@ import { action, num } from "./run.ts";
 
 /**
  * The demo's training run: the design of learning notes E23–E24 (at 24 epochs it raises the held-out
- * attention cosine in 4 of 7 training seeds and lowers it in 3, seed 42 among them: E25), about eight
+ * attention cosine in 4 of 8 training seeds and not in the other 4, seed 42 among them: E25–E26), about eight
  * minutes on 2 CPU cores. Guidance s_T 3 / s_I 3: at the paper's 5 / 1.5 the tiny
  * editor repaints enough background that the clip penalty fires on half the object edits and PPO
  * learns to change less (E23). Whole sampling batches (two edits x four samples) per optimizer step:
