@@ -22,10 +22,11 @@
 // on the same held-out edits and seeds as the model before training, paired (e.g. an earlier epoch of
 // a run; the --set values must be the run's, since they choose the sampler).
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { initGpu, destroyGpu } from "../src/gpu/device.ts";
+import { writeFileAtomic } from "../src/io/atomic.ts";
 import { synthDataset } from "../src/data/synth_dataset.ts";
 import { loadIP2P, type IP2PModels } from "../src/diffusion/pipeline.ts";
 import { openDataset } from "../src/io/datasets/index.ts";
@@ -138,8 +139,7 @@ async function measureBefore(): Promise<number[]> {
   }
   const v = await heldOutCos(models, cfg0);
   mkdirSync(resolve(values["before-cache"]), { recursive: true });
-  writeFileSync(`${file}.tmp`, JSON.stringify({ values: v, side }));
-  renameSync(`${file}.tmp`, file);
+  writeFileAtomic(file, JSON.stringify({ values: v, side }));
   return v;
 }
 const before = await measureBefore();
