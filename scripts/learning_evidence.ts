@@ -128,7 +128,7 @@ const t0 = performance.now();
 async function measureBefore(): Promise<number[]> {
   if (!values["before-cache"]) return heldOutCos(models, cfg0);
   const key = createHash("sha256")
-    .update(JSON.stringify({ model: resolve(values.model!), rewardKind, measureOn, edits: readFileSync(measureOn === "train" ? trainManifest : heldManifest, "utf8"), sample: cfg0.sample, reward: cfg0.reward, resolution: cfg0.resolution, evalSeeds }))
+    .update(JSON.stringify({ model: resolve(values.model!), rewardKind, measureOn, edits: readFileSync(measureOn === "train" ? trainManifest : heldManifest, "utf8"), sample: { ...cfg0.sample, shared_initial_noise: undefined /* training only */ }, reward: cfg0.reward, resolution: cfg0.resolution, evalSeeds }))
     .digest("hex")
     .slice(0, 16);
   const file = join(resolve(values["before-cache"]), `before-${key}.json`);

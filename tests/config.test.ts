@@ -86,6 +86,7 @@ const OURS: Record<string, unknown> = {
   "report.num_samples": 4,
   gradient_checkpointing: false,
   "sample.num_image_per_prompt": 1,
+  "sample.shared_initial_noise": false,
   "train.skip_final_steps": 0,
 };
 
@@ -260,14 +261,15 @@ describe("serialisation and resume", () => {
   test("a key added later (sample.num_image_per_prompt) leaves the hash of older checkpoints alone while at its default", () => {
     const legacy = (cfg: ReturnType<typeof defaultConfig>) =>
       createHash("sha256")
-        .update(JSON.stringify(configKeys().map((k) => k.key).filter((k) => !NON_RESUME_KEYS.includes(k) && !["sample.num_image_per_prompt", "train.skip_final_steps", "lora.target_modules", "lora.init_seed"].includes(k)).map((k) => [k, configGet(cfg, k)])))
+        .update(JSON.stringify(configKeys().map((k) => k.key).filter((k) => !NON_RESUME_KEYS.includes(k) && !["sample.num_image_per_prompt", "train.skip_final_steps", "lora.target_modules", "lora.init_seed", "sample.shared_initial_noise"].includes(k)).map((k) => [k, configGet(cfg, k)])))
         .digest("hex");
     const a = applyOverrides(defaultConfig(), ["seed=3", "train.learning_rate=1e-3"]);
     expect(configHash(a)).toBe(legacy(a));
-    const b = applyOverrides(a, ["sample.num_image_per_prompt=1", "train.skip_final_steps=0", "lora.target_modules=to_q,to_k,to_v,to_out.0", "lora.init_seed=null"]);
+    const b = applyOverrides(a, ["sample.num_image_per_prompt=1", "train.skip_final_steps=0", "lora.target_modules=to_q,to_k,to_v,to_out.0", "lora.init_seed=null", "sample.shared_initial_noise=false"]);
     expect(configHash(b)).toBe(legacy(a));
     expect(configHash(applyOverrides(a, ["lora.target_modules=attn2.to_q"]))).not.toBe(configHash(a));
     expect(configHash(applyOverrides(a, ["lora.init_seed=3"]))).not.toBe(configHash(a));
+    expect(configHash(applyOverrides(a, ["sample.shared_initial_noise=true"]))).not.toBe(configHash(a));
     const c = applyOverrides(a, ["sample.num_image_per_prompt=2", "sample.batch_size=2"]);
     expect(configHash(c)).not.toBe(configHash(applyOverrides(a, ["sample.batch_size=2"])));
     expect(resumeDifferences(applyOverrides(a, ["sample.batch_size=2"]), c)).toEqual([{ key: "sample.num_image_per_prompt", saved: 1, current: 2 }]);

@@ -6,7 +6,7 @@ import { spawn } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { tinyModelDir } from "../src/models/tiny.ts";
-import { encodePrompts, encodeImages, guidedConditioning, loadIP2P, sampleChain, disposeModels } from "../src/diffusion/pipeline.ts";
+import { encodePrompts, encodeImages, guidedConditioning, loadIP2P, sampleChain, disposeModels, disposeTrajectory } from "../src/diffusion/pipeline.ts";
 import * as score from "../src/diffusion/score.ts";
 import { stepLogProb } from "../src/diffusion/score.ts";
 import { initLora } from "../src/nn/lora.ts";
@@ -170,6 +170,71 @@ describe("runs", () => {
         disposeModels(models);
       }
       expect(() => loadConfig(undefined, [...set, "sample.num_image_per_prompt=3"])).toThrow(/"sample.batch_size" \(4\) must be a multiple of "sample.num_image_per_prompt" \(3\)/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("sample.shared_initial_noise starts a prompt's samples from one x_T, each with its own step noise", async () => {
+    // the sampler: initialSeeds choose x_T only
+    const m = loadIP2P(await tinyModelDir());
+    try {
+      const { plain, shared } = noGrad(() => scope(() => {
+        const p = encodePrompts(m, ["make the red circle blue", "make the red circle blue"]);
+        const img = encodeImages(m, ops.affine(ops.rand([2, 3, 32, 32], 3), 2, -1));
+        const cond = guidedConditioning(m, p.embeds, img);
+        const opts = { steps: 3, guidance: { text: 5, image: 1.5 }, eta: 1, seeds: [21, 22] };
+        return { plain: sampleChain(m, cond, [2, 4, 16, 16], opts), shared: sampleChain(m, cond, [2, 4, 16, 16], { ...opts, initialSeeds: [21, 21] }) };
+      }));
+      /** latents[step] of sample i ([4, 16, 16]), host copy. */
+      const at = async (t: typeof plain, step: number, i: number) => Array.from((await t.latents[step].readF32()).subarray(i * 1024, (i + 1) * 1024));
+      const rows = {
+        plainStart: [await at(plain, 0, 0), await at(plain, 0, 1)],
+        sharedStart: [await at(shared, 0, 0), await at(shared, 0, 1)],
+        plainEnd: [await at(plain, 3, 0), await at(plain, 3, 1)],
+        sharedEnd: [await at(shared, 3, 0), await at(shared, 3, 1)],
+      };
+      disposeTrajectory(plain);
+      disposeTrajectory(shared);
+      expect(rows.sharedStart[1]).toEqual(rows.sharedStart[0]); // one x_T
+      expect(rows.plainStart[1]).not.toEqual(rows.plainStart[0]);
+      expect(rows.sharedStart[0]).toEqual(rows.plainStart[0]); // the first sample is untouched
+      expect(rows.sharedEnd[0]).toEqual(rows.plainEnd[0]);
+      expect(rows.sharedEnd[1]).not.toEqual(rows.sharedEnd[0]); // its own step noise
+    } finally {
+      disposeModels(m);
+    }
+
+    // the trainer: each group's first sample keeps its noise; the others start from that sample's x_T
+    const dir = tmp("shared-noise");
+    try {
+      await synthDataset(join(dir, "synth"), { n: 8, seed: 3, size: 32 });
+      const outputs = async (name: string, set: string[]): Promise<Float32Array[]> => {
+        const models = loadIP2P(await tinyModelDir());
+        const seen: Float32Array[] = [];
+        try {
+          const cfg = loadConfig(undefined, [...SMALL, "num_epochs=1", "sample.batch_size=4", "sample.num_image_per_prompt=2", "train.batch_size=2", ...set]);
+          const trainer = new Trainer(models, cfg, await openDataset(join(dir, "synth", "manifest.jsonl")), join(dir, name), {
+            reward: ({ output }) => {
+              seen.push(Float32Array.from(output));
+              return { reward: output.reduce((a, v) => a + v, 0) / output.length, cos: 0, clip: 0, mae: 0 };
+            },
+          });
+          ensureRunDir(join(dir, name));
+          await trainer.init();
+          await trainer.run();
+        } finally {
+          disposeModels(models);
+        }
+        return seen;
+      };
+      const plain = await outputs("plain", []);
+      const shared = await outputs("shared", ["sample.shared_initial_noise=true"]);
+      expect(shared[0]).toEqual(plain[0]);
+      expect(shared[2]).toEqual(plain[2]);
+      expect(shared[1]).not.toEqual(plain[1]);
+      expect(shared[3]).not.toEqual(plain[3]);
+      expect(shared[1]).not.toEqual(shared[0]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

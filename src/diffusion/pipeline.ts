@@ -187,6 +187,8 @@ export interface SampleOptions {
   eta: number;
   /** One seed per sample: initial noise and step noise come from (seed, position) streams. */
   seeds: readonly (number | bigint)[];
+  /** Seeds of the initial noise x_T only (default `seeds`): equal entries start samples from the same x_T. */
+  initialSeeds?: readonly (number | bigint)[];
   /** Initial noise [B, 4, h, w] instead of drawing it. */
   initialLatents?: Tensor;
   /** Called after every step (progress, attention bookkeeping). */
@@ -211,9 +213,10 @@ function perSampleNoise(shape: readonly number[], seeds: readonly (number | bigi
 /** Run the guided DDIM chain without gradients. `shape` is the latent shape [B, 4, h, w]. */
 export function sampleChain(m: IP2PModels, cond: GuidedConditioning, shape: readonly number[], o: SampleOptions): Trajectory {
   if (o.seeds.length !== shape[0]) throw new Error(`sample: ${o.seeds.length} seeds for batch ${shape[0]}`);
+  if (o.initialSeeds && o.initialSeeds.length !== shape[0]) throw new Error(`sample: ${o.initialSeeds.length} initial seeds for batch ${shape[0]}`);
   const ts = m.scheduler.setTimesteps(o.steps);
   return noGrad(() => {
-    let x = o.initialLatents ? o.initialLatents.detach() : perSampleNoise(shape, o.seeds, 0);
+    let x = o.initialLatents ? o.initialLatents.detach() : perSampleNoise(shape, o.initialSeeds ?? o.seeds, 0);
     x.keep();
     const latents: Tensor[] = [x];
     const logProbs: Tensor[] = [];

@@ -48,6 +48,8 @@ export interface Config {
     num_batches_per_epoch: number;
     /** Samples of each prompt in a sampling batch (a group whose rewards the per-prompt tracker compares). */
     num_image_per_prompt: number;
+    /** The group's samples start from one x_T (the first sample's); their step noise differs. */
+    shared_initial_noise: boolean;
   };
   train: {
     batch_size: number;
@@ -156,6 +158,7 @@ const FIELDS: readonly Field[] = [
   { key: "sample.batch_size", type: int(1), def: 1, doc: "Batch size for sampling" },
   { key: "sample.num_batches_per_epoch", type: int(1), def: 2, doc: "Number of batches to sample per epoch" },
   { key: "sample.num_image_per_prompt", type: int(1), def: 1, doc: "Samples of each prompt per sampling batch (different noise), compared by the per-prompt tracker", hashOmitDefault: true },
+  { key: "sample.shared_initial_noise", type: bool, def: false, doc: "The num_image_per_prompt samples of a prompt start from the same initial noise x_T (their step noise differs), so the per-prompt tracker compares the policy's steps, not x_T", hashOmitDefault: true },
   // Table 4, train
   { key: "train.batch_size", type: int(1), def: 1, doc: "Batch size for training" },
   { key: "train.use_8bit_adam", type: bool, def: true, doc: "Whether to use the 8bit Adam optimizer (accepted; a plain AdamW is used)" },

@@ -219,7 +219,7 @@ export class Trainer {
       if (b === c.sample.num_batches_per_epoch) break;
       hooks.onPhase?.(epoch, "sampling", b, c.sample.num_batches_per_epoch);
       faultPoint("sampling", epoch, b);
-      // B / k prompts, each sampled k times in a row with its own noise (sampleSeed by position)
+      // B / k prompts, each sampled k times in a row with its own noise (sampleSeed by position; x_T shared within a group when asked)
       const k = c.sample.num_image_per_prompt;
       const rows = await this.stream.take(B / k);
       const prepared: PreparedSample[] = [];
@@ -240,6 +240,8 @@ export class Trainer {
             guidance: { text: c.sample.guidance_scale, image: c.sample.image_guidance_scale },
             eta: c.sample.eta,
             seeds: prepared.map((_, i) => this.sampleSeed(epoch, b * B + i)),
+            // shared: a group's x_T is its first sample's, so its advantages compare the steps taken from one start
+            initialSeeds: c.sample.shared_initial_noise ? prepared.map((_, i) => this.sampleSeed(epoch, b * B + i - (i % k))) : undefined,
             onStep: () => recorder.step(),
           });
           const maps = await recorder.maps();
