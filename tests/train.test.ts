@@ -240,6 +240,44 @@ describe("runs", () => {
     }
   });
 
+  test("noise signs negate a sample's x_T and its noise at the chosen steps (antithetic draws, scripts/antithetic_probe.ts)", async () => {
+    const m = loadIP2P(await tinyModelDir());
+    try {
+      const chains = noGrad(() => scope(() => {
+        const p = encodePrompts(m, new Array(4).fill("make the red circle blue"));
+        const img = encodeImages(m, ops.affine(ops.concat(new Array(4).fill(ops.rand([1, 3, 32, 32], 3)), 0), 2, -1));
+        const cond = guidedConditioning(m, p.embeds, img);
+        const opts = { steps: 2, guidance: { text: 5, image: 1.5 }, eta: 1, seeds: [5, 5, 9, 9], initialSeeds: [21, 21, 21, 21] };
+        return {
+          every: sampleChain(m, cond, [4, 4, 16, 16], { ...opts, stepSigns: () => [1, -1, 1, -1] }),
+          second: sampleChain(m, cond, [4, 4, 16, 16], { ...opts, stepSigns: (i) => (i === 1 ? [1, -1, 1, -1] : [1, 1, 1, 1]) }),
+          start: sampleChain(m, cond, [4, 4, 16, 16], { ...opts, steps: 1, initialSigns: [1, -1, 1, 1] }),
+        };
+      }));
+      const at = async (t: typeof chains.every, step: number, i: number) => Array.from((await t.latents[step].readF32()).subarray(i * 1024, (i + 1) * 1024));
+      // one x_T, antithetic first-step noise: the pair's mean is the step's mean, whichever the seed
+      const [a, b, c, d] = await Promise.all([0, 1, 2, 3].map((i) => at(chains.every, 1, i)));
+      expect(a).not.toEqual(c);
+      expect(a).not.toEqual(b);
+      const maxGap = Math.max(...a.map((v, k) => Math.abs((v + b[k]) / 2 - (c[k] + d[k]) / 2)));
+      expect(maxGap).toBeLessThan(1e-5);
+      // a sign at step 1 only leaves step 0's result alone and changes step 1's
+      expect(await at(chains.second, 1, 1)).toEqual(await at(chains.second, 1, 0));
+      expect(await at(chains.second, 2, 1)).not.toEqual(await at(chains.second, 2, 0));
+      // an initial sign negates x_T exactly
+      expect((await at(chains.start, 0, 1)).map((v) => -v)).toEqual(await at(chains.start, 0, 0));
+      expect(await at(chains.start, 0, 2)).toEqual(await at(chains.start, 0, 0));
+      for (const t of [chains.every, chains.second, chains.start]) disposeTrajectory(t);
+      expect(() => noGrad(() => scope(() => {
+        const p = encodePrompts(m, ["x"]);
+        const cond = guidedConditioning(m, p.embeds, ops.zeros([1, 4, 16, 16]));
+        return sampleChain(m, cond, [1, 4, 16, 16], { steps: 1, guidance: { text: 1, image: 1 }, eta: 1, seeds: [1], initialSigns: [2] });
+      }))).toThrow(/noise signs must be ±1/);
+    } finally {
+      disposeModels(m);
+    }
+  });
+
   test("train.skip_final_steps leaves the last denoising steps out of the PPO loss", async () => {
     const dir = tmp("skip-final");
     try {

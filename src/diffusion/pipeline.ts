@@ -189,6 +189,12 @@ export interface SampleOptions {
   seeds: readonly (number | bigint)[];
   /** Seeds of the initial noise x_T only (default `seeds`): equal entries start samples from the same x_T. */
   initialSeeds?: readonly (number | bigint)[];
+  /**
+   * ±1 per sample, multiplying its drawn x_T / its noise at step i (0 = the first step): two samples
+   * with equal seeds and opposite signs are antithetic, each still an exact draw of the chain.
+   */
+  initialSigns?: readonly number[];
+  stepSigns?: (i: number) => readonly number[];
   /** Initial noise [B, 4, h, w] instead of drawing it. */
   initialLatents?: Tensor;
   /** Called after every step (progress, attention bookkeeping). */
@@ -203,10 +209,13 @@ export interface Trajectory {
   logProbs: Tensor[] | null;
 }
 
-function perSampleNoise(shape: readonly number[], seeds: readonly (number | bigint)[], offset: number): Tensor {
+function perSampleNoise(shape: readonly number[], seeds: readonly (number | bigint)[], offset: number, signs?: readonly number[]): Tensor {
   const one = [1, ...shape.slice(1)];
   const n = one.reduce((a, b) => a * b, 1);
-  const parts = seeds.map((s) => ops.randn(one, s, BigInt(offset) * BigInt(n)));
+  const parts = seeds.map((s, i) => {
+    const z = ops.randn(one, s, BigInt(offset) * BigInt(n));
+    return signs && signs[i] !== 1 ? ops.scale(z, signs[i]) : z;
+  });
   return parts.length === 1 ? parts[0] : ops.concat(parts, 0);
 }
 
@@ -214,16 +223,20 @@ function perSampleNoise(shape: readonly number[], seeds: readonly (number | bigi
 export function sampleChain(m: IP2PModels, cond: GuidedConditioning, shape: readonly number[], o: SampleOptions): Trajectory {
   if (o.seeds.length !== shape[0]) throw new Error(`sample: ${o.seeds.length} seeds for batch ${shape[0]}`);
   if (o.initialSeeds && o.initialSeeds.length !== shape[0]) throw new Error(`sample: ${o.initialSeeds.length} initial seeds for batch ${shape[0]}`);
+  const checkSigns = (signs: readonly number[] | undefined) => {
+    if (signs && (signs.length !== shape[0] || signs.some((v) => v !== 1 && v !== -1))) throw new Error(`sample: noise signs must be ±1, one per sample`);
+    return signs;
+  };
   const ts = m.scheduler.setTimesteps(o.steps);
   return noGrad(() => {
-    let x = o.initialLatents ? o.initialLatents.detach() : perSampleNoise(shape, o.initialSeeds ?? o.seeds, 0);
+    let x = o.initialLatents ? o.initialLatents.detach() : perSampleNoise(shape, o.initialSeeds ?? o.seeds, 0, checkSigns(o.initialSigns));
     x.keep();
     const latents: Tensor[] = [x];
     const logProbs: Tensor[] = [];
     ts.forEach((t, i) => {
       const next = scope(() => {
         const eps = guidedNoise(m, x, new Array(shape[0]).fill(t), cond, o.guidance);
-        const noise = o.eta > 0 ? perSampleNoise(shape, o.seeds, i + 1) : undefined;
+        const noise = o.eta > 0 ? perSampleNoise(shape, o.seeds, i + 1, checkSigns(o.stepSigns?.(i))) : undefined;
         const r = m.scheduler.step(eps, t, x, { eta: o.eta, noise });
         return { prev: r.prevSample, lp: r.logProb };
       });
