@@ -4,7 +4,7 @@
 //      advantage, a per-edit group (sample.num_image_per_prompt) removes it;
 //   2. each denoising step's share of the squared norm of ∇ log π(x_{t−1} | x_t) over a fresh LoRA
 //      (train.skip_final_steps leaves the last steps out of the loss).
-// Usage: bun scripts/ppo_signal_probe.ts --model DIR [--edits 12] [--seeds 4] [--steps 8]
+// Usage: bun scripts/ppo_signal_probe.ts --model DIR [--edits 12] [--seeds 4] [--steps 8] [--set key=value ...]
 import { parseArgs } from "node:util";
 import { initGpu, destroyGpu } from "../src/gpu/device.ts";
 import { Tensor, backward, noGrad, scope, clearTape } from "../src/tensor/index.ts";
@@ -14,7 +14,7 @@ import { stepLogProb } from "../src/diffusion/score.ts";
 import { initLora, loraParameters, removeLora } from "../src/nn/lora.ts";
 import { synthDataset } from "../src/data/synth_dataset.ts";
 import { openDataset } from "../src/io/datasets/index.ts";
-import { loadConfig } from "../src/rl/config.ts";
+import { loadConfig, loraScale, loraTargetModules } from "../src/rl/config.ts";
 import { rewardLayers } from "../src/rl/trainer.ts";
 import { prepareSample, type PreparedSample } from "../src/rl/prepare.ts";
 import { editImage } from "../src/diffusion/edit.ts";
@@ -25,7 +25,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-const { values } = parseArgs({ options: { model: { type: "string" }, edits: { type: "string", default: "12" }, seeds: { type: "string", default: "4" }, steps: { type: "string", default: "8" } } });
+const { values } = parseArgs({ options: { model: { type: "string" }, edits: { type: "string", default: "12" }, seeds: { type: "string", default: "4" }, steps: { type: "string", default: "8" }, set: { type: "string", multiple: true, default: [] } } });
 if (!values.model) throw new Error("--model DIR is required");
 const nEdits = Number(values.edits), K = Number(values.seeds), steps = Number(values.steps);
 const S = 32;
@@ -33,7 +33,7 @@ await initGpu();
 const dir = mkdtempSync(join(tmpdir(), "rl4pix-signal-"));
 await synthDataset(dir, { n: nEdits, seed: 3, size: S, grounded: true });
 const models = loadIP2P(values.model);
-const cfg = loadConfig(undefined, [...EXPERIMENT_SETTINGS, `sample.num_steps=${steps}`, `reward.layers=${defaultRewardLayers(models.unet)}`]);
+const cfg = loadConfig(undefined, [...EXPERIMENT_SETTINGS, `sample.num_steps=${steps}`, `reward.layers=${defaultRewardLayers(models.unet)}`, ...values.set!]);
 const layers = rewardLayers(models, cfg);
 const mapSide = Math.ceil(S / models.vae.scaleFactor / layers[0].factor);
 const edits: PreparedSample[] = [];
@@ -67,7 +67,7 @@ console.log(`reward (alpha ${cfg.reward.alpha}): ${spread(rewardRows)}`);
 // 2. per-step share of the log-prob gradient over a fresh LoRA (its up matrices are zero, so the
 // gradient lives on them)
 const B = Math.min(4, edits.length);
-initLora(models.unet, cfg.lora.rank, 7);
+initLora(models.unet, cfg.lora.rank, 7, cfg.lora.rank * loraScale(cfg), loraTargetModules(cfg));
 const src = new Float32Array(B * 3 * S * S);
 edits.slice(0, B).forEach((e, i) => src.set(e.source, i * 3 * S * S));
 const side = S / models.vae.scaleFactor;
@@ -75,7 +75,7 @@ const { cond, traj } = noGrad(() => scope(() => {
   const p = encodePrompts(models, edits.slice(0, B).map((e) => e.instruction));
   const img = encodeImages(models, ops.affine(Tensor.from(src, [B, 3, S, S]), 2, -1));
   const cond = guidedConditioning(models, p.embeds, img);
-  const traj = sampleChain(models, cond, [B, models.config.unet.outChannels, side, side], { steps, guidance, eta: 1, seeds: Array.from({ length: B }, (_, i) => 21 + i) });
+  const traj = sampleChain(models, cond, [B, models.config.unet.outChannels, side, side], { steps, guidance, eta: cfg.sample.eta, seeds: Array.from({ length: B }, (_, i) => 21 + i) });
   return { cond, traj };
 }));
 const params = loraParameters(models.unet).flatMap((p) => [p.down, p.up]);
