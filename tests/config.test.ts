@@ -158,6 +158,9 @@ describe("JSON files", () => {
     expectUserError(() => loadConfig(jsonFile({ sample: { num_steps: "50" } })), /"sample\.num_steps" must be an integer/, /got "50"/);
     expectUserError(() => loadConfig(undefined, ["lora.target_modules=to_q,attn3.to_k"]), /"lora\.target_modules": 'attn3\.to_k' is not one of to_q, to_k, to_v, to_out\.0/);
     expect(loadConfig(undefined, ["lora.target_modules=attn2.to_q,attn2.to_k"]).lora.target_modules).toBe("attn2.to_q,attn2.to_k");
+    const path = "up_blocks.0.attentions.1.transformer_blocks.0.attn2.to_v,up_blocks.0.attentions.1.transformer_blocks.0.attn2.to_out.0";
+    expect(loadConfig(undefined, [`lora.target_modules=${path}`]).lora.target_modules).toBe(path);
+    expectUserError(() => loadConfig(undefined, ["lora.target_modules=up_blocks.0.attn3.to_v"]), /'up_blocks\.0\.attn3\.to_v' is not one of/);
     expectUserError(() => loadConfig(jsonFile({ train: { cfg: 1 } })), /"train\.cfg" must be true or false/);
     expectUserError(() => loadConfig(jsonFile({ seed: 1.5 })), /"seed"/);
     expectUserError(() => loadConfig(jsonFile({ train: { batch_size: 0 } })), /"train\.batch_size" must be an integer >= 1/);

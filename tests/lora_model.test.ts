@@ -43,6 +43,19 @@ describe("LoRA on the UNet", () => {
     unet.disposeParameters();
   });
 
+  test("target_modules: a module path suffix adapts that one projection; a target matching none is a user error", async () => {
+    const unet = freshUnet();
+    const every = [...loraTargets(unet).keys()];
+    const last = every.filter((p) => p.endsWith(".attn2.to_v")).at(-1)!;
+    const suffix = last.split(".").slice(-6).join("."); // e.g. attentions.1.transformer_blocks.0.attn2.to_v
+    initLora(unet, 4, 11, 4, [suffix]);
+    expect(loraParameters(unet).map((p) => p.path)).toEqual([last]);
+    expect(() => initLora(unet, 4, 11, 4, ["attn2.to_q", "down_blocks.9.attentions.0.transformer_blocks.0.attn2.to_q"])).toThrow(
+      /"lora\.target_modules": 'down_blocks\.9\.attentions\.0\.transformer_blocks\.0\.attn2\.to_q' names no attention projection of this UNet/,
+    );
+    unet.disposeParameters();
+  });
+
   test("the old attn-procs LoRA file changes the output exactly as merging W + scale * up @ down", async () => {
     const base = freshUnet();
     const x = g("unet.sample");

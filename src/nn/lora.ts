@@ -34,6 +34,9 @@ export function isLoraTarget(path: string, targets: readonly string[]): boolean 
  * others are adapted.
  */
 export function initLora(unet: UNet2DConditionModel, rank: number, seed: number, alpha = rank, targets?: readonly string[]): void {
+  const paths = [...loraTargets(unet).keys()];
+  const unmatched = targets?.find((t) => !paths.some((p) => isLoraTarget(p, [t])));
+  if (unmatched !== undefined) throw new UserError(`"lora.target_modules": '${unmatched}' names no attention projection of this UNet`);
   let i = 0;
   for (const [path, lin] of loraTargets(unet)) {
     const index = i++;
