@@ -161,6 +161,9 @@ describe("JSON files", () => {
     const path = "up_blocks.0.attentions.1.transformer_blocks.0.attn2.to_v,up_blocks.0.attentions.1.transformer_blocks.0.attn2.to_out.0";
     expect(loadConfig(undefined, [`lora.target_modules=${path}`]).lora.target_modules).toBe(path);
     expectUserError(() => loadConfig(undefined, ["lora.target_modules=up_blocks.0.attn3.to_v"]), /'up_blocks\.0\.attn3\.to_v' is not one of/);
+    const ff = "ff.net.0.proj,up_blocks.0.attentions.1.transformer_blocks.0.ff.net.2";
+    expect(loadConfig(undefined, [`lora.target_modules=${ff}`]).lora.target_modules).toBe(ff);
+    expectUserError(() => loadConfig(undefined, ["lora.target_modules=ff.net.1"]), /'ff\.net\.1' is not one of .*ff\.net\.0\.proj or ff\.net\.2/);
     expectUserError(() => loadConfig(jsonFile({ train: { cfg: 1 } })), /"train\.cfg" must be true or false/);
     expectUserError(() => loadConfig(jsonFile({ seed: 1.5 })), /"seed"/);
     expectUserError(() => loadConfig(jsonFile({ train: { batch_size: 0 } })), /"train\.batch_size" must be an integer >= 1/);

@@ -3,10 +3,12 @@
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { loadPipelineConfig, resolveWeightFiles } from "../src/io/diffusers.ts";
-import { readLoraFile } from "../src/io/lora_format.ts";
+import { readLoraFile, writeLoraFile } from "../src/io/lora_format.ts";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { UNet2DConditionModel } from "../src/nn/unet.ts";
 import { loadWeights } from "../src/nn/load.ts";
-import { attachLoraLayers, initLora, loadLoraFile, loraParameters, loraTargets } from "../src/nn/lora.ts";
+import { attachLoraLayers, exportLora, initLora, loadLoraFile, loraParameters, loraTargets } from "../src/nn/lora.ts";
 import { Tensor, backward, clearTape, noGrad, scope } from "../src/tensor/index.ts";
 import * as ops from "../src/tensor/ops/index.ts";
 import { expectClose, maxAbsDiff, useGpu } from "./helpers.ts";
@@ -30,8 +32,10 @@ describe("LoRA on the UNet", () => {
     initLora(unet, 4, 11);
     const all = new Map<string, Float32Array>();
     for (const p of loraParameters(unet)) all.set(p.path, await p.down.readF32());
-    const every = [...loraTargets(unet).keys()];
-    expect(all.size).toBe(every.length);
+    // with no targets named, every attention projection (the feed-forward linears only when named)
+    const every = [...loraTargets(unet).keys()].filter((p) => !p.includes(".ff.net."));
+    expect(every.length).toBeLessThan(loraTargets(unet).size);
+    expect([...all.keys()]).toEqual(every);
     initLora(unet, 4, 11, 4, ["attn2.to_q", "to_k"]);
     const some = loraParameters(unet);
     const want = every.filter((p) => p.endsWith(".attn2.to_q") || p.endsWith(".to_k"));
@@ -51,8 +55,71 @@ describe("LoRA on the UNet", () => {
     initLora(unet, 4, 11, 4, [suffix]);
     expect(loraParameters(unet).map((p) => p.path)).toEqual([last]);
     expect(() => initLora(unet, 4, 11, 4, ["attn2.to_q", "down_blocks.9.attentions.0.transformer_blocks.0.attn2.to_q"])).toThrow(
-      /"lora\.target_modules": 'down_blocks\.9\.attentions\.0\.transformer_blocks\.0\.attn2\.to_q' names no attention projection of this UNet/,
+      /"lora\.target_modules": 'down_blocks\.9\.attentions\.0\.transformer_blocks\.0\.attn2\.to_q' names no LoRA target of this UNet/,
     );
+    unet.disposeParameters();
+  });
+
+  test("feed-forward adapters (ff.net.0.proj, ff.net.2): named by target, saved and read as peft files, equal to merged weights, gradients by finite differences", async () => {
+    const unet = freshUnet();
+    const all = [...loraTargets(unet).keys()];
+    const proj = all.filter((p) => p.endsWith(".ff.net.0.proj"));
+    const lastOut = all.filter((p) => p.endsWith(".ff.net.2")).at(-1)!;
+    expect(proj.length).toBeGreaterThan(1);
+    initLora(unet, 2, 5, 2, ["ff.net.0.proj", lastOut]);
+    expect(loraParameters(unet).map((p) => p.path)).toEqual(all.filter((p) => proj.includes(p) || p === lastOut));
+    // non-zero up factors, through a peft file and back
+    const layers = new Map([...(await exportLora(unet))].map(([path, l], k) => [path, { ...l, up: Float32Array.from(l.up, (_, j) => Math.sin(1 + j * 0.7 + k) * 0.3) }]));
+    const dir = mkdtempSync(join(tmpdir(), "rl4pix-ff-lora-"));
+    try {
+      writeLoraFile(join(dir, "ff.safetensors"), layers);
+      const back = readLoraFile(join(dir, "ff.safetensors"));
+      expect([...back.layers.keys()]).toEqual([...layers.keys()]);
+      attachLoraLayers(unet, back.layers, "ff.safetensors", true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    const x = g("unet.sample");
+    const ehs = g("unet.encoder_hidden_states");
+    const withLora = await noGrad(() => unet.forward(x, [500, 500, 500], ehs)).read();
+    const merged = freshUnet();
+    const plain = await noGrad(() => merged.forward(x, [500, 500, 500], ehs)).read();
+    expect(maxAbsDiff(plain, withLora)).toBeGreaterThan(1e-3);
+    const targets = loraTargets(merged);
+    for (const [path, l] of layers) {
+      const lin = targets.get(path)!;
+      const w = await lin.weight.t.readF32();
+      for (let o = 0; o < l.outFeatures; o++) for (let i = 0; i < l.inFeatures; i++) {
+        let s = 0;
+        for (let r = 0; r < l.rank; r++) s += l.up[o * l.rank + r] * l.down[r * l.inFeatures + i];
+        w[o * l.inFeatures + i] += (l.alpha! / l.rank) * s;
+      }
+      lin.weight.tensor!.dispose();
+      lin.weight.tensor = Tensor.from(w, [l.outFeatures, l.inFeatures]).keep();
+    }
+    expectClose(withLora, await noGrad(() => merged.forward(x, [500, 500, 500], ehs)).read(), { atol: 2e-5, rtol: 1e-5 }, "ff LoRA vs merged weights");
+    merged.disposeParameters();
+    // gradients of <forward, G> along their own direction
+    const G = ops.randn([3, 4, 8, 8], 78).keep();
+    const loss = () => ops.sum(ops.mul(unet.forward(x, [999, 500, 1], ehs), G));
+    scope(() => backward(loss()));
+    const params = loraParameters(unet).flatMap((p) => [p.down, p.up]);
+    const grads = await Promise.all(params.map((p) => p.grad!.readF32()));
+    const norm = Math.sqrt(grads.reduce((a, gr) => a + gr.reduce((s, v) => s + v * v, 0), 0));
+    expect(norm).toBeGreaterThan(0);
+    const h = 1e-2;
+    const originals = await Promise.all(params.map((p) => p.readF32()));
+    const evalAt = async (sign: number) => {
+      params.forEach((p, i) => {
+        const t = Tensor.from(originals[i].map((o, j) => o + (sign * h * grads[i][j]) / norm), p.shape);
+        gpuCopy(t, p);
+        t.dispose();
+      });
+      return (await noGrad(() => loss()).readF32())[0];
+    };
+    const directional = ((await evalAt(1)) - (await evalAt(-1))) / (2 * h);
+    expect(Math.abs(directional - norm) / norm).toBeLessThan(2e-2);
+    clearTape();
     unet.disposeParameters();
   });
 

@@ -1,17 +1,27 @@
 // LoRA adapters on the UNet's attention projections (to_q, to_k, to_v, to_out.0 of every attn1 and
-// attn2), as ddpo-pytorch / diffusers set them up: down ~ N(0, (1/r)^2), up = 0, scale alpha/r.
+// attn2), as ddpo-pytorch / diffusers set them up: down ~ N(0, (1/r)^2), up = 0, scale alpha/r; on
+// request (peft's target_modules) also on the transformer blocks' feed-forward linears (ff.net.0.proj,
+// ff.net.2).
 import { Tensor } from "../tensor/tensor.ts";
 import { UserError } from "../errors.ts";
 import { type LoraLayer, loraScale, readLoraFile } from "../io/lora_format.ts";
 import { Linear } from "./layers.ts";
+import { FeedForward } from "./transformer.ts";
 import type { UNet2DConditionModel } from "./unet.ts";
 import { hostRandn } from "./load.ts";
 
-/** Every LoRA target of the UNet by module path (e.g. `…attn2.to_out.0`). */
+/**
+ * Every LoRA target of the UNet by module path (e.g. `…attn2.to_out.0`, `…ff.net.2`): the attention
+ * projections first, then the feed-forward linears, so that adding the latter left every attention
+ * adapter's initialisation index (and so its weights) as it was.
+ */
 export function loraTargets(unet: UNet2DConditionModel): Map<string, Linear> {
   const out = new Map<string, Linear>();
   for (const [path, attn] of unet.attentionModules()) {
     for (const [name, lin] of attn.loraTargets()) out.set(`${path}.${name}`, lin);
+  }
+  for (const [path, m] of unet.namedModules()) {
+    if (m instanceof FeedForward) for (const [name, lin] of m.loraTargets()) out.set(`${path}.${name}`, lin);
   }
   return out;
 }
@@ -28,22 +38,25 @@ export function isLoraTarget(path: string, targets: readonly string[]): boolean 
   return targets.some((t) => path === t || path.endsWith(`.${t}`));
 }
 
+/** The targets adapted when none are named: every attention projection (ddpo-pytorch's). */
+export const ATTENTION_PROJECTIONS = ["to_q", "to_k", "to_v", "to_out.0"] as const;
+
 /**
- * Fresh trainable adapters of rank `rank` (ddpo-pytorch's initialisation) on every target, or on
- * those `targets` names (peft's target_modules); a module's initial weights do not depend on which
- * others are adapted.
+ * Fresh trainable adapters of rank `rank` (ddpo-pytorch's initialisation) on every attention
+ * projection, or on those `targets` names (peft's target_modules); a module's initial weights do not
+ * depend on which others are adapted.
  */
-export function initLora(unet: UNet2DConditionModel, rank: number, seed: number, alpha = rank, targets?: readonly string[]): void {
+export function initLora(unet: UNet2DConditionModel, rank: number, seed: number, alpha = rank, targets: readonly string[] = ATTENTION_PROJECTIONS): void {
   const paths = [...loraTargets(unet).keys()];
-  const unmatched = targets?.find((t) => !paths.some((p) => isLoraTarget(p, [t])));
-  if (unmatched !== undefined) throw new UserError(`"lora.target_modules": '${unmatched}' names no attention projection of this UNet`);
+  const unmatched = targets.find((t) => !paths.some((p) => isLoraTarget(p, [t])));
+  if (unmatched !== undefined) throw new UserError(`"lora.target_modules": '${unmatched}' names no LoRA target of this UNet (attention projection or feed-forward linear)`);
   let i = 0;
   for (const [path, lin] of loraTargets(unet)) {
     const index = i++;
     lin.lora?.down.dispose();
     lin.lora?.up.dispose();
     lin.lora = null;
-    if (targets && !isLoraTarget(path, targets)) continue;
+    if (!isLoraTarget(path, targets)) continue;
     const down = hostRandn(rank * lin.inFeatures, (seed * 65537 + index * 2654435761) >>> 0).map((v) => v / rank);
     lin.lora = {
       down: Tensor.from(down, [rank, lin.inFeatures], "f32", "lora_A").keep().requireGrad(),
@@ -61,7 +74,7 @@ export function checkLoraLayers(unet: UNet2DConditionModel, layers: ReadonlyMap<
   const targets = loraTargets(unet);
   for (const [path, l] of layers) {
     const lin = targets.get(path);
-    if (!lin) throw new UserError(`${source}: LoRA layer '${path}' is not an attention projection of this UNet`);
+    if (!lin) throw new UserError(`${source}: LoRA layer '${path}' is not a LoRA target of this UNet (attention projection or feed-forward linear)`);
     if (l.inFeatures !== lin.inFeatures || l.outFeatures !== lin.outFeatures) {
       throw new UserError(`${source}: LoRA layer '${path}' is ${l.outFeatures}x${l.inFeatures}, the UNet's projection is ${lin.outFeatures}x${lin.inFeatures}`);
     }

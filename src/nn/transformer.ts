@@ -29,11 +29,16 @@ class FeedForwardNet extends Module {
   }
 }
 
-class FeedForward extends Module {
+export class FeedForward extends Module {
   readonly net: FeedForwardNet;
   constructor(dim: number, mult = 4) {
     super();
     this.net = this.child("net", new FeedForwardNet(dim, mult));
+  }
+
+  /** The two linears LoRA may adapt, by their names under this module (peft's `ff.net.0.proj`, `ff.net.2`). */
+  loraTargets(): [string, Linear][] {
+    return [["net.0.proj", this.net.geglu.proj], ["net.2", this.net.out]];
   }
   forward(x: Tensor): Tensor {
     return this.net.out.forward(this.net.geglu.forward(x));
