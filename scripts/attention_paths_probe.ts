@@ -123,7 +123,7 @@ const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 console.log(`${edits.length} held-out edits x ${B} seeds; cos(traj θ0, map θ0) ${mean(cos["00"]).toFixed(4)}`);
 for (const [key, name] of [["10", "trajectory path (traj θ1, map θ0)"], ["01", "direct path (traj θ0, map θ1)"], ["11", "both (traj θ1, map θ1)"]] as const) {
   const d = pairedDifference(cos[key], cos["00"]);
-  console.log(`${name}: ${d.mean >= 0 ? "+" : ""}${d.mean.toFixed(4)} ± ${d.stderr.toFixed(4)} (t ${(d.mean / d.stderr).toFixed(2)})`);
+  console.log(`${name}: ${d.mean >= 0 ? "+" : ""}${d.mean.toFixed(4)} ± ${d.stderr.toFixed(4)} ${d.stderr === 0 ? "(identical in every pair)" : `(t ${(d.mean / d.stderr).toFixed(2)})`}`);
 }
 rmSync(dir, { recursive: true, force: true });
 destroyGpu();
