@@ -5,7 +5,8 @@
 // written or the GPU starts.
 import { defaultModelDir } from "../models/default_model.ts";
 import { type CheckedModel, checkModelFolder } from "../diffusion/model_folder.ts";
-import { type Config, defaultConfig, loadConfig } from "../rl/config.ts";
+import { type Config, defaultConfig, loadConfig, loraTargetModules } from "../rl/config.ts";
+import { checkLoraTargets } from "../nn/lora.ts";
 import { modelConfigDefaults } from "../rl/model_defaults.ts";
 import { rewardLayers } from "../rl/trainer.ts";
 
@@ -36,5 +37,6 @@ export async function loadRunConfig(file: string | undefined, overrides: readonl
   const model = checkModelFolder(modelDir);
   const cfg = loadConfig(file, overrides, flag, modelConfigDefaults(model));
   rewardLayers(model, cfg); // the spec selects layers of this UNet, of one map size
+  checkLoraTargets(model.unet, loraTargetModules(cfg)); // each target names a module of this UNet
   return { cfg, modelDir, model };
 }

@@ -47,9 +47,7 @@ export const ATTENTION_PROJECTIONS = ["to_q", "to_k", "to_v", "to_out.0"] as con
  * depend on which others are adapted.
  */
 export function initLora(unet: UNet2DConditionModel, rank: number, seed: number, alpha = rank, targets: readonly string[] = ATTENTION_PROJECTIONS): void {
-  const paths = [...loraTargets(unet).keys()];
-  const unmatched = targets.find((t) => !paths.some((p) => isLoraTarget(p, [t])));
-  if (unmatched !== undefined) throw new UserError(`"lora.target_modules": '${unmatched}' names no LoRA target of this UNet (attention projection or feed-forward linear)`);
+  checkLoraTargets(unet, targets);
   let i = 0;
   for (const [path, lin] of loraTargets(unet)) {
     const index = i++;
@@ -64,6 +62,13 @@ export function initLora(unet: UNet2DConditionModel, rank: number, seed: number,
       scale: alpha / rank,
     };
   }
+}
+
+/** Check that every peft-style target names at least one module of this UNet (host only). Throws a UserError. */
+export function checkLoraTargets(unet: UNet2DConditionModel, targets: readonly string[]): void {
+  const paths = [...loraTargets(unet).keys()];
+  const unmatched = targets.find((t) => !paths.some((p) => isLoraTarget(p, [t])));
+  if (unmatched !== undefined) throw new UserError(`"lora.target_modules": '${unmatched}' names no LoRA target of this UNet (attention projection or feed-forward linear)`);
 }
 
 /**
