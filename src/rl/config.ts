@@ -13,6 +13,7 @@
 //   configuration loads unchanged.
 // - `lora.alpha` null means "equal to lora.rank", i.e. LoRA scale alpha / rank = 1.
 // - `reward.layers` is a layer-selection spec string, parsed by `parseLayerSpec` (see there).
+import { ATTENTION_PROJECTIONS } from "../nn/lora.ts";
 import { createHash } from "node:crypto";
 import { UserError } from "../errors.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
@@ -120,8 +121,8 @@ interface Field {
   hashOmitDefault?: boolean;
 }
 
-/** The projections of every attention that LoRA can adapt (diffusers' names). */
-export const LORA_TARGET_NAMES = ["to_q", "to_k", "to_v", "to_out.0"] as const;
+/** The projections of every attention that LoRA can adapt (diffusers' names): the default targets. */
+export const LORA_TARGET_NAMES = ATTENTION_PROJECTIONS;
 /** The feed-forward linears of the transformer blocks, adapted only when named. */
 export const LORA_FF_TARGET_NAMES = ["ff.net.0.proj", "ff.net.2"] as const;
 // a projection name, optionally after attn1./attn2. or a whole module path ending in one (peft matches
