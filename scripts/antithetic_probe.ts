@@ -11,39 +11,22 @@
 //   last steps out).
 // Usage: bun scripts/antithetic_probe.ts --model DIR [--mode pairs|steps] [--edits 24] [--pairs 2] [--set key=value ...]
 import { parseArgs } from "node:util";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { initGpu, destroyGpu } from "../src/gpu/device.ts";
 import { Tensor, scopeAsync } from "../src/tensor/index.ts";
 import * as ops from "../src/tensor/ops/index.ts";
-import { decodeLatents, disposeTrajectory, encodeImages, encodePrompts, guidedConditioning, loadIP2P, sampleChain } from "../src/diffusion/pipeline.ts";
+import { decodeLatents, disposeTrajectory, encodeImages, encodePrompts, guidedConditioning, sampleChain } from "../src/diffusion/pipeline.ts";
 import { AttentionMapRecorder } from "../src/diffusion/attention_store.ts";
-import { synthDataset } from "../src/data/synth_dataset.ts";
-import { openDataset } from "../src/io/datasets/index.ts";
-import { loadConfig } from "../src/rl/config.ts";
-import { rewardLayers } from "../src/rl/trainer.ts";
-import { prepareSample, type PreparedSample } from "../src/rl/prepare.ts";
+import type { PreparedSample } from "../src/rl/prepare.ts";
 import { instructReward } from "../src/rl/reward.ts";
-import { defaultRewardLayers } from "../src/rl/model_defaults.ts";
-import { EXPERIMENT_SETTINGS } from "./experiment_settings.ts";
+import { PROBE_SIZE as S, probeSetup } from "./probe_setup.ts";
 
 const { values } = parseArgs({
   options: { model: { type: "string" }, mode: { type: "string", default: "pairs" }, edits: { type: "string", default: "24" }, pairs: { type: "string", default: "2" }, set: { type: "string", multiple: true, default: [] } },
 });
 if (!values.model) throw new Error("--model DIR is required");
 const nEdits = Number(values.edits), P = Number(values.pairs);
-const S = 32;
 await initGpu();
-const dir = mkdtempSync(join(tmpdir(), "rl4pix-antithetic-"));
-await synthDataset(dir, { n: nEdits, seed: 3, size: S, grounded: true });
-const models = loadIP2P(values.model);
-const cfg = loadConfig(undefined, [...EXPERIMENT_SETTINGS, "sample.num_steps=8", `reward.layers=${defaultRewardLayers(models.unet)}`, ...values.set!]);
-const layers = rewardLayers(models, cfg);
-const latentSide = S / models.vae.scaleFactor;
-const mapSide = Math.ceil(latentSide / layers[0].factor);
-const edits: PreparedSample[] = [];
-for await (const s of (await openDataset(join(dir, "manifest.jsonl"))).samples()) edits.push(await prepareSample(s, S, mapSide));
+const { models, cfg, layers, latentSide, mapSide, edits } = await probeSetup(values.model!, values.set!, { n: nEdits, seed: 3 });
 
 const mode = values.mode!;
 if (mode !== "pairs" && mode !== "steps") throw new Error(`--mode: '${mode}' is not pairs or steps`);
@@ -128,6 +111,5 @@ for (const k of ["reward", "cos"] as const) {
   ROWS.forEach((r, w) => console.log(`${k} ${r}: mean ((R1 - R2) / 2)^2 ${mean(sq[k][w]).toExponential(3)} ± ${se(sq[k][w]).toExponential(2)}`));
   if (mode === "pairs") console.log(`${k}: A / B ${(mean(sq[k][0]) / mean(sq[k][1])).toFixed(3)}, C / D ${(mean(sq[k][2]) / mean(sq[k][3])).toFixed(3)}`);
 }
-rmSync(dir, { recursive: true, force: true });
 destroyGpu();
 process.exit(0);

@@ -9,25 +9,17 @@
 // Usage: bun scripts/attention_paths_probe.ts --model DIR --lora FILE [--heldout-n 64] [--eval-seeds 2] [--set key=value ...]
 // (--set as the run's, since they choose the sampler; the held-out edits are learning_evidence.ts's.)
 import { parseArgs } from "node:util";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { initGpu, destroyGpu } from "../src/gpu/device.ts";
 import { Tensor, noGrad, scope, scopeAsync } from "../src/tensor/index.ts";
 import * as ops from "../src/tensor/ops/index.ts";
-import { disposeTrajectory, encodeImages, encodePrompts, guidedConditioning, guidedNoise, loadIP2P, sampleChain, type GuidedConditioning } from "../src/diffusion/pipeline.ts";
+import { disposeTrajectory, encodeImages, encodePrompts, guidedConditioning, guidedNoise, sampleChain, type GuidedConditioning } from "../src/diffusion/pipeline.ts";
 import { AttentionMapRecorder } from "../src/diffusion/attention_store.ts";
-import { synthDataset } from "../src/data/synth_dataset.ts";
-import { openDataset } from "../src/io/datasets/index.ts";
-import { loadConfig } from "../src/rl/config.ts";
-import { rewardLayers } from "../src/rl/trainer.ts";
-import { prepareSample, type PreparedSample } from "../src/rl/prepare.ts";
+import type { PreparedSample } from "../src/rl/prepare.ts";
 import { cosineSimilarity } from "../src/rl/reward.ts";
 import { pairedDifference } from "../src/rl/attention_eval.ts";
 import { loadLoraFile, removeLora } from "../src/nn/lora.ts";
 import { HELDOUT_SEED } from "../src/pretrain/data.ts";
-import { defaultRewardLayers } from "../src/rl/model_defaults.ts";
-import { EXPERIMENT_SETTINGS } from "./experiment_settings.ts";
+import { PROBE_SIZE as S, probeSetup } from "./probe_setup.ts";
 
 const { values } = parseArgs({
   options: {
@@ -39,17 +31,8 @@ const { values } = parseArgs({
   },
 });
 if (!values.model || !values.lora) throw new Error("--model DIR and --lora FILE are required");
-const S = 32;
 await initGpu();
-const dir = mkdtempSync(join(tmpdir(), "rl4pix-paths-"));
-await synthDataset(dir, { n: Number(values["heldout-n"]), seed: HELDOUT_SEED, size: S, grounded: true });
-const models = loadIP2P(values.model);
-const cfg = loadConfig(undefined, [...EXPERIMENT_SETTINGS, "sample.num_steps=8", `reward.layers=${defaultRewardLayers(models.unet)}`, ...values.set!]);
-const layers = rewardLayers(models, cfg);
-const latentSide = S / models.vae.scaleFactor;
-const mapSide = Math.ceil(latentSide / layers[0].factor);
-const edits: PreparedSample[] = [];
-for await (const s of (await openDataset(join(dir, "manifest.jsonl"))).samples()) edits.push(await prepareSample(s, S, mapSide));
+const { models, cfg, layers, latentSide, mapSide, edits } = await probeSetup(values.model!, values.set!, { n: Number(values["heldout-n"]), seed: HELDOUT_SEED });
 const seeds = Array.from({ length: Number(values["eval-seeds"]) }, (_, i) => 1000 + i);
 const B = seeds.length;
 const shape = [B, 4, latentSide, latentSide];
@@ -125,6 +108,5 @@ for (const [key, name] of [["10", "trajectory path (traj θ1, map θ0)"], ["01",
   const d = pairedDifference(cos[key], cos["00"]);
   console.log(`${name}: ${d.mean >= 0 ? "+" : ""}${d.mean.toFixed(4)} ± ${d.stderr.toFixed(4)} ${d.stderr === 0 ? "(identical in every pair)" : `(t ${(d.mean / d.stderr).toFixed(2)})`}`);
 }
-rmSync(dir, { recursive: true, force: true });
 destroyGpu();
 process.exit(0);

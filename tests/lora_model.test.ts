@@ -99,26 +99,7 @@ describe("LoRA on the UNet", () => {
     }
     expectClose(withLora, await noGrad(() => merged.forward(x, [500, 500, 500], ehs)).read(), { atol: 2e-5, rtol: 1e-5 }, "ff LoRA vs merged weights");
     merged.disposeParameters();
-    // gradients of <forward, G> along their own direction
-    const G = ops.randn([3, 4, 8, 8], 78).keep();
-    const loss = () => ops.sum(ops.mul(unet.forward(x, [999, 500, 1], ehs), G));
-    scope(() => backward(loss()));
-    const params = loraParameters(unet).flatMap((p) => [p.down, p.up]);
-    const grads = await Promise.all(params.map((p) => p.grad!.readF32()));
-    const norm = Math.sqrt(grads.reduce((a, gr) => a + gr.reduce((s, v) => s + v * v, 0), 0));
-    expect(norm).toBeGreaterThan(0);
-    const h = 1e-2;
-    const originals = await Promise.all(params.map((p) => p.readF32()));
-    const evalAt = async (sign: number) => {
-      params.forEach((p, i) => {
-        const t = Tensor.from(originals[i].map((o, j) => o + (sign * h * grads[i][j]) / norm), p.shape);
-        gpuCopy(t, p);
-        t.dispose();
-      });
-      return (await noGrad(() => loss()).readF32())[0];
-    };
-    const directional = ((await evalAt(1)) - (await evalAt(-1))) / (2 * h);
-    expect(Math.abs(directional - norm) / norm).toBeLessThan(2e-2);
+    await expectLoraGradientAlongItself(unet, x, ehs, 78);
     clearTape();
     unet.disposeParameters();
   });
@@ -159,33 +140,38 @@ describe("LoRA on the UNet", () => {
     attachLoraLayers(unet, file.layers, LORA, true);
     const x = g("unet.sample");
     const ehs = g("unet.encoder_hidden_states");
-    const G = ops.randn([3, 4, 8, 8], 77).keep();
-    const loss = () => ops.sum(ops.mul(unet.forward(x, [999, 500, 1], ehs), G));
-    scope(() => backward(loss()));
-    const params = loraParameters(unet).flatMap((p) => [p.down, p.up]);
-    const grads = await Promise.all(params.map((p) => p.grad!.readF32()));
-    const norm = Math.sqrt(grads.reduce((a, gr) => a + gr.reduce((s, v) => s + v * v, 0), 0));
-    expect(norm).toBeGreaterThan(0);
-    // move every LoRA weight along d = grad / |grad| by ±h; (L+ - L-) / 2h should equal |grad|
-    const h = 1e-2;
-    const originals = await Promise.all(params.map((p) => p.readF32()));
-    const evalAt = async (sign: number) => {
-      params.forEach((p, i) => {
-        const v = originals[i].map((o, j) => o + (sign * h * grads[i][j]) / norm);
-        const t = Tensor.from(v, p.shape);
-        gpuCopy(t, p);
-        t.dispose();
-      });
-      return (await noGrad(() => loss()).readF32())[0];
-    };
-    const up = await evalAt(1);
-    const down = await evalAt(-1);
-    const directional = (up - down) / (2 * h);
-    expect(Math.abs(directional - norm) / norm).toBeLessThan(2e-2);
+    await expectLoraGradientAlongItself(unet, x, ehs, 77);
     clearTape();
     unet.disposeParameters();
   });
 });
+
+/**
+ * The gradient of <unet(x), G> (G random from `seed`) with respect to every attached adapter weight,
+ * checked along its own direction: moving all of them by ±h along d = grad / |grad| must change the
+ * loss by 2h|grad| (a central finite difference).
+ */
+async function expectLoraGradientAlongItself(unet: UNet2DConditionModel, x: Tensor, ehs: Tensor, seed: number): Promise<void> {
+  const G = ops.randn([3, 4, 8, 8], seed).keep();
+  const loss = () => ops.sum(ops.mul(unet.forward(x, [999, 500, 1], ehs), G));
+  scope(() => backward(loss()));
+  const params = loraParameters(unet).flatMap((p) => [p.down, p.up]);
+  const grads = await Promise.all(params.map((p) => p.grad!.readF32()));
+  const norm = Math.sqrt(grads.reduce((a, gr) => a + gr.reduce((s, v) => s + v * v, 0), 0));
+  expect(norm).toBeGreaterThan(0);
+  const h = 1e-2;
+  const originals = await Promise.all(params.map((p) => p.readF32()));
+  const evalAt = async (sign: number) => {
+    params.forEach((p, i) => {
+      const t = Tensor.from(originals[i].map((o, j) => o + (sign * h * grads[i][j]) / norm), p.shape);
+      gpuCopy(t, p);
+      t.dispose();
+    });
+    return (await noGrad(() => loss()).readF32())[0];
+  };
+  const directional = ((await evalAt(1)) - (await evalAt(-1))) / (2 * h);
+  expect(Math.abs(directional - norm) / norm).toBeLessThan(2e-2);
+}
 
 /** Overwrite `dst`'s data with `src`'s (same shape), keeping `dst`'s identity. */
 function gpuCopy(src: Tensor, dst: Tensor): void {
