@@ -106,7 +106,7 @@ describe("other inputs are checked before the GPU starts", () => {
     beforeGpu(noGpu("train", "--out", join(work, "run2"), "--set", "sample.num_stepz=2"), "sample.num_stepz");
     // a well-formed LoRA target that names no module of this UNet
     const missing = "down_blocks.9.attentions.0.transformer_blocks.0.attn2.to_q";
-    beforeGpu(noGpu("train", "--out", join(work, "run2"), "--set", `model=${TINY_IP2P}`, "reward.layers=res:2", `lora.target_modules=to_q,${missing}`), `"lora.target_modules": '${missing}' names no LoRA target of this UNet`);
+    beforeGpu(noGpu("train", "--out", join(work, "run2"), "--set", `model=${TINY_IP2P}`, "reward.layers=res:2", `lora.target_modules=to_q,${missing}`), `"lora.target_modules": '${missing}' names no linear or convolution of this UNet`);
     expect(existsSync(join(work, "run2"))).toBe(false);
   });
 });

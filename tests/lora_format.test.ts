@@ -99,6 +99,19 @@ describe("peft format", () => {
     expect(Array.from(back.up)).toEqual(Array.from(layer.up, (v) => Math.fround(v * 0.5)));
   });
 
+  test("a convolution's adapter: written and read as peft's [rank, in, k, k] and [out, rank, 1, 1]", () => {
+    const layer: LoraLayer = { down: f32(2 * 3 * 9, 5), up: f32(4 * 2, 6), rank: 2, inFeatures: 3, outFeatures: 4, kernelSize: 3 };
+    const p = join(dir, "conv.safetensors");
+    writeLoraFile(p, new Map([["up_blocks.1.resnets.0.conv1", layer]]));
+    const f = openSafetensors(p);
+    expect(f.info("unet.up_blocks.1.resnets.0.conv1.lora_A.weight").shape).toEqual([2, 3, 3, 3]);
+    expect(f.info("unet.up_blocks.1.resnets.0.conv1.lora_B.weight").shape).toEqual([4, 2, 1, 1]);
+    const back = readLoraFile(p).layers.get("up_blocks.1.resnets.0.conv1")!;
+    expect(back).toMatchObject({ rank: 2, inFeatures: 3, outFeatures: 4, kernelSize: 3 });
+    expect(Array.from(back.down)).toEqual(Array.from(layer.down));
+    expect(Array.from(back.up)).toEqual(Array.from(layer.up));
+  });
+
   test("lora.down/lora.up spelling, adapter names, .alpha tensors and F16 data", () => {
     const t: Record<string, TensorToWrite> = {
       "unet.a.to_q.lora.down.weight": { dtype: "F32", shape: [2, 3], data: f32(6, 3) },
@@ -125,7 +138,11 @@ describe("broken LoRA files", () => {
     ["rank mismatch", { "unet.x.lora_A.weight": w([2, 3]), "unet.x.lora_B.weight": w([4, 3]) }, ["rank 2", "rank 3"]],
     ["not a LoRA key", { "conv_in.weight": w([2, 2]) }, ["'conv_in.weight' is not a LoRA weight"]],
     ["text encoder", { "text_encoder.x.lora_A.weight": w([2, 3]), "text_encoder.x.lora_B.weight": w([3, 2]) }, ["text-encoder LoRA"]],
-    ["conv LoRA", { "unet.c.lora_A.weight": w([2, 3, 1, 1]), "unet.c.lora_B.weight": w([3, 2, 1, 1]) }, ["only linear layers"]],
+    ["conv LoRA with a non-square kernel", { "unet.c.lora_A.weight": w([2, 3, 3, 1]), "unet.c.lora_B.weight": w([3, 2, 1, 1]) }, ["'c'", "[2,3,3,1]", "square"]],
+    ["conv LoRA whose up is not 1x1", { "unet.c.lora_A.weight": w([2, 3, 3, 3]), "unet.c.lora_B.weight": w([3, 2, 3, 3]) }, ["[3,2,3,3]", "expected [out, rank, 1, 1]"]],
+    ["conv LoRA rank mismatch", { "unet.c.lora_A.weight": w([2, 3, 3, 3]), "unet.c.lora_B.weight": w([3, 4, 1, 1]) }, ["rank 2", "rank 4"]],
+    ["linear down, conv up", { "unet.c.lora_A.weight": w([2, 3]), "unet.c.lora_B.weight": w([3, 2, 1, 1]) }, ["expected [out, rank]"]],
+    ["3-D down", { "unet.c.lora_A.weight": w([2, 3, 3]), "unet.c.lora_B.weight": w([3, 2]) }, ["[2,3,3]", "[rank, in, k, k]"]],
     ["duplicate", { "unet.x.lora_A.weight": w([2, 3]), "unet.x.lora.down.weight": w([2, 3]), "unet.x.lora_B.weight": w([3, 2]) }, ["both the down weight of 'x'"]],
     ["empty", {}, ["holds no LoRA weights"]],
   ];

@@ -3,12 +3,12 @@
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { loadPipelineConfig, resolveWeightFiles } from "../src/io/diffusers.ts";
-import { readLoraFile, writeLoraFile } from "../src/io/lora_format.ts";
+import { loraScale, readLoraFile, writeLoraFile, type LoraLayer } from "../src/io/lora_format.ts";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { UNet2DConditionModel } from "../src/nn/unet.ts";
 import { loadWeights } from "../src/nn/load.ts";
-import { attachLoraLayers, exportLora, initLora, loadLoraFile, loraParameters, loraTargets } from "../src/nn/lora.ts";
+import { attachLoraLayers, checkLoraLayers, exportLora, initLora, loadLoraFile, loraParameters, loraTargets } from "../src/nn/lora.ts";
 import { Tensor, backward, clearTape, noGrad, scope } from "../src/tensor/index.ts";
 import * as ops from "../src/tensor/ops/index.ts";
 import { expectClose, maxAbsDiff, useGpu } from "./helpers.ts";
@@ -32,8 +32,8 @@ describe("LoRA on the UNet", () => {
     initLora(unet, 4, 11);
     const all = new Map<string, Float32Array>();
     for (const p of loraParameters(unet)) all.set(p.path, await p.down.readF32());
-    // with no targets named, every attention projection (the feed-forward linears only when named)
-    const every = [...loraTargets(unet).keys()].filter((p) => !p.includes(".ff.net."));
+    // with no targets named, every attention projection (other linears and the convolutions only when named)
+    const every = [...loraTargets(unet).keys()].filter((p) => /\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$/.test(p));
     expect(every.length).toBeLessThan(loraTargets(unet).size);
     expect([...all.keys()]).toEqual(every);
     initLora(unet, 4, 11, 4, ["attn2.to_q", "to_k"]);
@@ -55,7 +55,7 @@ describe("LoRA on the UNet", () => {
     initLora(unet, 4, 11, 4, [suffix]);
     expect(loraParameters(unet).map((p) => p.path)).toEqual([last]);
     expect(() => initLora(unet, 4, 11, 4, ["attn2.to_q", "down_blocks.9.attentions.0.transformer_blocks.0.attn2.to_q"])).toThrow(
-      /"lora\.target_modules": 'down_blocks\.9\.attentions\.0\.transformer_blocks\.0\.attn2\.to_q' names no LoRA target of this UNet/,
+      /"lora\.target_modules": 'down_blocks\.9\.attentions\.0\.transformer_blocks\.0\.attn2\.to_q' names no linear or convolution of this UNet/,
     );
     unet.disposeParameters();
   });
@@ -70,37 +70,53 @@ describe("LoRA on the UNet", () => {
     expect(loraParameters(unet).map((p) => p.path)).toEqual(all.filter((p) => proj.includes(p) || p === lastOut));
     // non-zero up factors, through a peft file and back
     const layers = new Map([...(await exportLora(unet))].map(([path, l], k) => [path, { ...l, up: Float32Array.from(l.up, (_, j) => Math.sin(1 + j * 0.7 + k) * 0.3) }]));
-    const dir = mkdtempSync(join(tmpdir(), "rl4pix-ff-lora-"));
-    try {
-      writeLoraFile(join(dir, "ff.safetensors"), layers);
-      const back = readLoraFile(join(dir, "ff.safetensors"));
-      expect([...back.layers.keys()]).toEqual([...layers.keys()]);
-      attachLoraLayers(unet, back.layers, "ff.safetensors", true);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    const back = peftRoundTrip(unet, layers);
+    expect([...back.keys()]).toEqual([...layers.keys()]);
     const x = g("unet.sample");
     const ehs = g("unet.encoder_hidden_states");
-    const withLora = await noGrad(() => unet.forward(x, [500, 500, 500], ehs)).read();
-    const merged = freshUnet();
-    const plain = await noGrad(() => merged.forward(x, [500, 500, 500], ehs)).read();
-    expect(maxAbsDiff(plain, withLora)).toBeGreaterThan(1e-3);
-    const targets = loraTargets(merged);
-    for (const [path, l] of layers) {
-      const lin = targets.get(path)!;
-      const w = await lin.weight.t.readF32();
-      for (let o = 0; o < l.outFeatures; o++) for (let i = 0; i < l.inFeatures; i++) {
-        let s = 0;
-        for (let r = 0; r < l.rank; r++) s += l.up[o * l.rank + r] * l.down[r * l.inFeatures + i];
-        w[o * l.inFeatures + i] += (l.alpha! / l.rank) * s;
-      }
-      lin.weight.tensor!.dispose();
-      lin.weight.tensor = Tensor.from(w, [l.outFeatures, l.inFeatures]).keep();
-    }
-    expectClose(withLora, await noGrad(() => merged.forward(x, [500, 500, 500], ehs)).read(), { atol: 2e-5, rtol: 1e-5 }, "ff LoRA vs merged weights");
-    merged.disposeParameters();
+    await expectEqualToMergedWeights(unet, back, x, ehs, "ff LoRA vs merged weights");
     await expectLoraGradientAlongItself(unet, x, ehs, 78);
     clearTape();
+    unet.disposeParameters();
+  });
+
+  test("convolution adapters (3x3, strided, 1x1) and other linears: named by target, saved and read as peft files, equal to merged weights, gradients by finite differences", async () => {
+    const unet = freshUnet();
+    const all = [...loraTargets(unet).keys()];
+    const conv3 = "up_blocks.1.resnets.0.conv1";
+    const strided = "down_blocks.0.downsamplers.0.conv";
+    const shortcut = "up_blocks.1.resnets.0.conv_shortcut";
+    const named = [conv3, strided, shortcut, "conv_out", "mid_block.resnets.0.time_emb_proj"];
+    for (const p of named) expect(all).toContain(p);
+    // the convolutions come after the attention projections and feed-forward linears, in module order
+    expect(all.indexOf("conv_in")).toBeGreaterThan(all.findLastIndex((p) => p.includes(".ff.net.")));
+    initLora(unet, 2, 9, 4, ["up_blocks.1.resnets.0.conv1", "downsamplers.0.conv", "resnets.0.conv_shortcut", "conv_out", "mid_block.resnets.0.time_emb_proj"]);
+    const adapted = loraParameters(unet).map((p) => p.path);
+    expect(adapted).toEqual(all.filter((p) => named.includes(p) || p.endsWith(".downsamplers.0.conv") || p.endsWith(".resnets.0.conv_shortcut")));
+    const conv = loraParameters(unet).find((p) => p.path === conv3)!;
+    expect(conv.down.shape).toEqual([2, 96, 3, 3]);
+    expect(conv.up.shape).toEqual([32, 2, 1, 1]);
+    // non-zero up factors, through a peft file and back (alpha 4 over rank 2: scale 2, folded into lora_B)
+    const layers = new Map([...(await exportLora(unet))].map(([path, l], k) => [path, { ...l, up: Float32Array.from(l.up, (_, j) => Math.sin(2 + j * 0.9 + k) * 0.2) }]));
+    expect(layers.get(conv3)).toMatchObject({ rank: 2, inFeatures: 96, outFeatures: 32, kernelSize: 3, alpha: 4 });
+    const back = peftRoundTrip(unet, layers);
+    expect([...back.keys()]).toEqual([...layers.keys()].sort());
+    const x = g("unet.sample");
+    const ehs = g("unet.encoder_hidden_states");
+    await expectEqualToMergedWeights(unet, back, x, ehs, "conv LoRA vs merged weights");
+    await expectLoraGradientAlongItself(unet, x, ehs, 79);
+    clearTape();
+    unet.disposeParameters();
+  });
+
+  test("a file's adapter must fit its module: a convolution's on a linear, or another kernel size, is a user error", () => {
+    const unet = freshUnet();
+    const conv = { down: new Float32Array(2 * 96 * 9), up: new Float32Array(32 * 2), rank: 2, inFeatures: 96, outFeatures: 32, kernelSize: 3 };
+    expect(() => checkLoraLayers(unet, new Map([["up_blocks.1.resnets.0.conv1", { ...conv, kernelSize: 1, down: new Float32Array(2 * 96) }]]), "x.safetensors")).toThrow(
+      /x\.safetensors: LoRA layer 'up_blocks\.1\.resnets\.0\.conv1' is for a 1x1 convolution from 96 to 32 channels, the UNet's module is a 3x3 convolution from 96 to 32 channels/,
+    );
+    expect(() => checkLoraLayers(unet, new Map([["mid_block.resnets.0.time_emb_proj", { ...conv, inFeatures: 128, outFeatures: 64 }]]), "x.safetensors")).toThrow(/is for a 3x3 convolution from 128 to 64 channels, the UNet's module is a 64x128 linear/);
+    expect(() => checkLoraLayers(unet, new Map([["up_blocks.1.resnets.0.conv1", conv]]), "x.safetensors")).not.toThrow();
     unet.disposeParameters();
   });
 
@@ -108,30 +124,9 @@ describe("LoRA on the UNet", () => {
     const base = freshUnet();
     const x = g("unet.sample");
     const ehs = g("unet.encoder_hidden_states");
-    const plain = await noGrad(() => base.forward(x, [500, 500, 500], ehs)).read();
     expect(loadLoraFile(base, LORA)).toBe(48);
-    const withLora = await noGrad(() => base.forward(x, [500, 500, 500], ehs)).read();
-    expect(maxAbsDiff(plain, withLora)).toBeGreaterThan(1e-3);
-    // merge on the host into a second copy of the weights
-    const merged = freshUnet();
-    const file = readLoraFile(LORA);
-    const targets = loraTargets(merged);
-    for (const [path, l] of file.layers) {
-      const lin = targets.get(path)!;
-      const w = await lin.weight.t.readF32();
-      const scale = l.alpha === undefined ? 1 : l.alpha / l.rank;
-      for (let o = 0; o < l.outFeatures; o++) for (let i = 0; i < l.inFeatures; i++) {
-        let s = 0;
-        for (let r = 0; r < l.rank; r++) s += l.up[o * l.rank + r] * l.down[r * l.inFeatures + i];
-        w[o * l.inFeatures + i] += scale * s;
-      }
-      lin.weight.tensor!.dispose();
-      lin.weight.tensor = Tensor.from(w, [l.outFeatures, l.inFeatures]).keep();
-    }
-    const mergedOut = await noGrad(() => merged.forward(x, [500, 500, 500], ehs)).read();
-    expectClose(withLora, mergedOut, { atol: 2e-5, rtol: 1e-5 }, "LoRA vs merged weights");
+    await expectEqualToMergedWeights(base, readLoraFile(LORA).layers, x, ehs, "LoRA vs merged weights");
     base.disposeParameters();
-    merged.disposeParameters();
   });
 
   test("gradients with respect to LoRA weights match a directional finite difference", async () => {
@@ -145,6 +140,47 @@ describe("LoRA on the UNet", () => {
     unet.disposeParameters();
   });
 });
+
+/** Write `layers` as a peft file, read it back and attach what was read to `unet` (trainable); returns the read layers. */
+function peftRoundTrip(unet: UNet2DConditionModel, layers: ReadonlyMap<string, LoraLayer>): Map<string, LoraLayer> {
+  const dir = mkdtempSync(join(tmpdir(), "rl4pix-lora-"));
+  try {
+    writeLoraFile(join(dir, "lora.safetensors"), layers);
+    const back = readLoraFile(join(dir, "lora.safetensors")).layers;
+    attachLoraLayers(unet, back, "lora.safetensors", true);
+    return back;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * `unet` (with `layers` attached) must give what a fresh
+ * UNet gives with the layers merged on the host: W += scale * up @ down, over a convolution's
+ * flattened [in, k, k] weight. The adapters must also change the output.
+ */
+async function expectEqualToMergedWeights(unet: UNet2DConditionModel, layers: ReadonlyMap<string, LoraLayer>, x: Tensor, ehs: Tensor, label: string): Promise<void> {
+  const adapted = await noGrad(() => unet.forward(x, [500, 500, 500], ehs)).read();
+  const merged = freshUnet();
+  const plain = await noGrad(() => merged.forward(x, [500, 500, 500], ehs)).read();
+  expect(maxAbsDiff(plain, adapted)).toBeGreaterThan(1e-3);
+  const targets = loraTargets(merged);
+  for (const [path, l] of layers) {
+    const m = targets.get(path)!;
+    const w = await m.weight.t.readF32();
+    const fan = l.down.length / l.rank; // a linear's in; a convolution's in * k * k
+    for (let o = 0; o < l.outFeatures; o++) for (let i = 0; i < fan; i++) {
+      let s = 0;
+      for (let r = 0; r < l.rank; r++) s += l.up[o * l.rank + r] * l.down[r * fan + i];
+      w[o * fan + i] += loraScale(l) * s;
+    }
+    const shape = m.weight.t.shape;
+    m.weight.tensor!.dispose();
+    m.weight.tensor = Tensor.from(w, shape).keep();
+  }
+  expectClose(adapted, await noGrad(() => merged.forward(x, [500, 500, 500], ehs)).read(), { atol: 2e-5, rtol: 1e-5 }, label);
+  merged.disposeParameters();
+}
 
 /**
  * The gradient of <unet(x), G> (G random from `seed`) with respect to every attached adapter weight,

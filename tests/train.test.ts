@@ -330,6 +330,28 @@ describe("runs", () => {
     }
   });
 
+  test("a run with convolution adapters resumes bit-identically and writes them in peft's shapes", async () => {
+    const a = tmp("runConvA");
+    const b = tmp("runConvB");
+    const set = [...SMALL, "lora.target_modules=attn2.to_k,up_blocks.1.resnets.0.conv1,conv_out"];
+    try {
+      await train({ out: a, set: [...set, "num_epochs=2"], quiet: true });
+      await train({ out: b, set: [...set, "num_epochs=1"], quiet: true });
+      await train({ out: b, set: [...set, "num_epochs=2"], quiet: true });
+      const file = (dir: string, name: string) => join(dir, "checkpoints", "checkpoint_1", name);
+      expect(Buffer.compare(readFileSync(file(a, "trainer.safetensors")), readFileSync(file(b, "trainer.safetensors")))).toBe(0);
+      expect(metricsWithoutTimes(b)).toEqual(metricsWithoutTimes(a));
+      const peft = safetensors.openSafetensors(file(a, "pytorch_lora_weights.safetensors"));
+      expect(peft.info("unet.up_blocks.1.resnets.0.conv1.lora_A.weight").shape.length).toBe(4);
+      expect(peft.info("unet.conv_out.lora_B.weight").shape).toEqual([4, 4, 1, 1]);
+      const up = peft.toF32("unet.conv_out.lora_B.weight");
+      expect(up.some((v) => v !== 0)).toBe(true); // trained away from its zero initialisation
+    } finally {
+      rmSync(a, { recursive: true, force: true });
+      rmSync(b, { recursive: true, force: true });
+    }
+  });
+
   test("a run dir made with another configuration is refused unless --force", async () => {
     const d = tmp("runC");
     try {

@@ -1,7 +1,9 @@
-// LoRA weight files for the UNet's linear layers, normalised to
+// LoRA weight files for the UNet's linear and convolution layers, normalised to
 //   module path ("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q")
 //     -> { down: [rank, in] row-major, up: [out, rank] row-major, alpha? }
-// The layer's update is W += (alpha / rank) * up @ down; without alpha the scale is 1.
+// (a convolution's, as peft writes it: down [rank, in, k, k], up [out, rank, 1, 1]).
+// The layer's update is W += (alpha / rank) * up @ down (over a convolution's flattened
+// [in, k, k] weight); without alpha the scale is 1.
 //
 // Read: the peft/diffusers format (`unet.<module>.lora_A.weight` / `lora_B.weight`, optional
 // `<module>.alpha`), its `<module>.lora.down.weight` / `lora.up.weight` spelling, and the old diffusers
@@ -11,15 +13,48 @@ import { UserError } from "../errors.ts";
 import { openSafetensors, writeSafetensors, type SafetensorsFile, type TensorToWrite } from "./safetensors.ts";
 
 export interface LoraLayer {
-  /** [rank, inFeatures] */
+  /** [rank, inFeatures], or a convolution's [rank, inFeatures, k, k] */
   down: Float32Array;
-  /** [outFeatures, rank] */
+  /** [outFeatures, rank] (a convolution's [outFeatures, rank, 1, 1] holds the same values) */
   up: Float32Array;
   rank: number;
+  /** Input features; a convolution's input channels. */
   inFeatures: number;
+  /** Output features; a convolution's output channels. */
   outFeatures: number;
+  /** Present for a convolution: its (square) kernel size k. */
+  kernelSize?: number;
   /** Network alpha; the update is scaled by alpha / rank. Absent means scale 1. */
   alpha?: number;
+}
+
+/** The tensor shapes of a layer's down and up weights, as peft stores them. */
+export function loraShapes(l: Pick<LoraLayer, "rank" | "inFeatures" | "outFeatures" | "kernelSize">): { down: number[]; up: number[] } {
+  const k = l.kernelSize;
+  return k === undefined
+    ? { down: [l.rank, l.inFeatures], up: [l.outFeatures, l.rank] }
+    : { down: [l.rank, l.inFeatures, k, k], up: [l.outFeatures, l.rank, 1, 1] };
+}
+
+/**
+ * A layer's sizes from the shapes of its down and up tensors (a linear layer's [rank, in] and
+ * [out, rank], or a convolution's [rank, in, k, k] and [out, rank, 1, 1]); a string says what is
+ * wrong with them.
+ */
+export function loraDims(down: readonly number[], up: readonly number[]): Pick<LoraLayer, "rank" | "inFeatures" | "outFeatures" | "kernelSize"> | string {
+  const s = (shape: readonly number[]) => `[${shape.join(",")}]`;
+  if (down.length === 2) {
+    if (up.length !== 2) return `down has shape ${s(down)} (linear) but up has shape ${s(up)}; expected [out, rank]`;
+    if (up[1] !== down[0]) return `down has rank ${down[0]} (shape ${s(down)}) but up has rank ${up[1]} (shape ${s(up)})`;
+    return { rank: down[0], inFeatures: down[1], outFeatures: up[0] };
+  }
+  if (down.length === 4) {
+    if (down[2] !== down[3]) return `down has shape ${s(down)}; only square convolution kernels are supported`;
+    if (up.length !== 4 || up[2] !== 1 || up[3] !== 1) return `down has shape ${s(down)} (convolution) but up has shape ${s(up)}; expected [out, rank, 1, 1]`;
+    if (up[1] !== down[0]) return `down has rank ${down[0]} (shape ${s(down)}) but up has rank ${up[1]} (shape ${s(up)})`;
+    return { rank: down[0], inFeatures: down[1], outFeatures: up[0], kernelSize: down[2] };
+  }
+  return `down has shape ${s(down)}; expected [rank, in] (linear) or [rank, in, k, k] (convolution)`;
 }
 
 export type LoraFormat = "peft" | "attn-procs";
@@ -96,16 +131,9 @@ export function parseLora(file: SafetensorsFile): LoraFile {
       const have = (down ?? up ?? alpha)!;
       throw new UserError(`${path}: '${module}' has '${have}' but no ${down === undefined ? "down (lora_A)" : "up (lora_B)"} weight`);
     }
-    const d = file.info(down);
-    const u = file.info(up);
-    if (d.shape.length !== 2) throw new UserError(`${path}: '${down}' has shape [${d.shape.join(",")}]; expected [rank, in] (only linear layers are supported)`);
-    if (u.shape.length !== 2) throw new UserError(`${path}: '${up}' has shape [${u.shape.join(",")}]; expected [out, rank] (only linear layers are supported)`);
-    const [rank, inFeatures] = d.shape;
-    const [outFeatures, upRank] = u.shape;
-    if (upRank !== rank) {
-      throw new UserError(`${path}: '${down}' has rank ${rank} (shape [${d.shape.join(",")}]) but '${up}' has rank ${upRank} (shape [${u.shape.join(",")}])`);
-    }
-    const layer: LoraLayer = { down: file.toF32(down), up: file.toF32(up), rank, inFeatures, outFeatures };
+    const dims = loraDims(file.info(down).shape, file.info(up).shape);
+    if (typeof dims === "string") throw new UserError(`${path}: '${module}': ${dims}`);
+    const layer: LoraLayer = { down: file.toF32(down), up: file.toF32(up), ...dims };
     if (alpha !== undefined) {
       const a = file.info(alpha);
       if (a.shape.reduce((x, y) => x * y, 1) !== 1) throw new UserError(`${path}: '${alpha}' must hold one number, has shape [${a.shape.join(",")}]`);
@@ -131,22 +159,24 @@ export function loraScale(layer: LoraLayer): number {
 
 /**
  * Write layers in the peft/diffusers format: `unet.<module>.lora_A.weight` [rank, in] and
- * `unet.<module>.lora_B.weight` [out, rank]. A scale other than 1 (alpha != rank) is folded into
+ * `unet.<module>.lora_B.weight` [out, rank] (a convolution's [rank, in, k, k] and [out, rank, 1, 1]). A scale other than 1 (alpha != rank) is folded into
  * lora_B, so the file means the same to every reader whether or not it understands alphas.
  */
 export function writeLoraFile(path: string, layers: ReadonlyMap<string, LoraLayer>, metadata: Record<string, string> = {}): void {
   const tensors = new Map<string, TensorToWrite>();
   for (const [module, l] of layers) {
-    if (l.down.length !== l.rank * l.inFeatures) {
-      throw new Error(`writeLoraFile: '${module}' down has ${l.down.length} values, expected ${l.rank}x${l.inFeatures}`);
+    const shapes = loraShapes(l);
+    const count = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+    if (l.down.length !== count(shapes.down)) {
+      throw new Error(`writeLoraFile: '${module}' down has ${l.down.length} values, expected ${shapes.down.join("x")}`);
     }
-    if (l.up.length !== l.outFeatures * l.rank) {
-      throw new Error(`writeLoraFile: '${module}' up has ${l.up.length} values, expected ${l.outFeatures}x${l.rank}`);
+    if (l.up.length !== count(shapes.up)) {
+      throw new Error(`writeLoraFile: '${module}' up has ${l.up.length} values, expected ${shapes.up.join("x")}`);
     }
     const scale = loraScale(l);
     const up = scale === 1 ? l.up : l.up.map((v) => v * scale);
-    tensors.set(`unet.${module}.lora_A.weight`, { dtype: "F32", shape: [l.rank, l.inFeatures], data: l.down });
-    tensors.set(`unet.${module}.lora_B.weight`, { dtype: "F32", shape: [l.outFeatures, l.rank], data: up });
+    tensors.set(`unet.${module}.lora_A.weight`, { dtype: "F32", shape: shapes.down, data: l.down });
+    tensors.set(`unet.${module}.lora_B.weight`, { dtype: "F32", shape: shapes.up, data: up });
   }
   writeSafetensors(path, tensors, { format: "pt", ...metadata });
 }

@@ -1,14 +1,18 @@
-// Basic layers with torch's parameter names: Linear (optionally with a LoRA adapter), Conv2d,
+// Basic layers with torch's parameter names: Linear and Conv2d (each optionally with a LoRA adapter),
 // GroupNorm, LayerNorm.
 import type { Tensor } from "../tensor/tensor.ts";
 import * as ops from "../tensor/ops/index.ts";
 import { Module, type Param } from "./module.ts";
 
-/** A low-rank adapter on a Linear: y += scale * (x downᵀ) upᵀ. Tensors are trainable leaves. */
+/**
+ * A low-rank adapter (peft's). On a Linear: y += scale * (x downᵀ) upᵀ. On a Conv2d: y += scale *
+ * conv1x1(conv(x, down), up), the down convolution with the layer's kernel, stride and padding.
+ * Tensors are trainable leaves.
+ */
 export interface LoraAdapter {
-  /** lora_A / down [rank, in]. */
+  /** lora_A / down: [rank, in] on a Linear, [rank, in, k, k] on a Conv2d. */
   down: Tensor;
-  /** lora_B / up [out, rank]. */
+  /** lora_B / up: [out, rank] on a Linear, [out, rank, 1, 1] on a Conv2d. */
   up: Tensor;
   scale: number;
 }
@@ -45,6 +49,7 @@ export class Conv2d extends Module {
   readonly bias: Param | null;
   readonly stride: number;
   readonly padding: number | [number, number, number, number];
+  lora: LoraAdapter | null = null;
 
   constructor(readonly inChannels: number, readonly outChannels: number, readonly kernelSize: number, opts: Conv2dOptions = {}) {
     super();
@@ -56,7 +61,11 @@ export class Conv2d extends Module {
 
   /** x [N, Cin, H, W] -> [N, Cout, H', W']. */
   forward(x: Tensor): Tensor {
-    return ops.conv2d(x, this.weight.t, this.bias?.t, { stride: this.stride, padding: this.padding });
+    const geometry = { stride: this.stride, padding: this.padding };
+    const y = ops.conv2d(x, this.weight.t, this.bias?.t, geometry);
+    if (!this.lora) return y;
+    const low = ops.conv2d(x, this.lora.down, null, geometry); // [N, rank, H', W']
+    return ops.add(y, ops.scale(ops.conv2d(low, this.lora.up), this.lora.scale));
   }
 }
 

@@ -1,27 +1,42 @@
 // LoRA adapters on the UNet's attention projections (to_q, to_k, to_v, to_out.0 of every attn1 and
 // attn2), as ddpo-pytorch / diffusers set them up: down ~ N(0, (1/r)^2), up = 0, scale alpha/r; on
-// request (peft's target_modules) also on the transformer blocks' feed-forward linears (ff.net.0.proj,
-// ff.net.2).
+// request (peft's target_modules) also on any other linear or convolution of the UNet (e.g. the
+// transformer blocks' ff.net.0.proj / ff.net.2, the resnets' conv1 / conv2).
 import { Tensor } from "../tensor/tensor.ts";
 import { UserError } from "../errors.ts";
-import { type LoraLayer, loraScale, readLoraFile } from "../io/lora_format.ts";
-import { Linear } from "./layers.ts";
+import { type LoraLayer, loraScale, loraShapes, readLoraFile } from "../io/lora_format.ts";
+import { Conv2d, Linear } from "./layers.ts";
 import { FeedForward } from "./transformer.ts";
 import type { UNet2DConditionModel } from "./unet.ts";
 import { hostRandn } from "./load.ts";
 
+/** A module that can carry an adapter. */
+export type LoraTarget = Linear | Conv2d;
+
+/** A target's sizes in a LoRA file's terms (a convolution's channels and kernel size). */
+export function loraTargetDims(m: LoraTarget): Pick<LoraLayer, "inFeatures" | "outFeatures" | "kernelSize"> {
+  return m instanceof Linear
+    ? { inFeatures: m.inFeatures, outFeatures: m.outFeatures }
+    : { inFeatures: m.inChannels, outFeatures: m.outChannels, kernelSize: m.kernelSize };
+}
+
 /**
- * Every LoRA target of the UNet by module path (e.g. `…attn2.to_out.0`, `…ff.net.2`): the attention
- * projections first, then the feed-forward linears, so that adding the latter left every attention
- * adapter's initialisation index (and so its weights) as it was.
+ * Every LoRA target of the UNet by module path (e.g. `…attn2.to_out.0`, `…ff.net.2`,
+ * `…resnets.0.conv1`): the attention projections first, then the feed-forward linears, then every
+ * other linear and convolution in module order, so that each addition left the earlier adapters'
+ * initialisation indices (and so their weights) as they were.
  */
-export function loraTargets(unet: UNet2DConditionModel): Map<string, Linear> {
-  const out = new Map<string, Linear>();
+export function loraTargets(unet: UNet2DConditionModel): Map<string, LoraTarget> {
+  const out = new Map<string, LoraTarget>();
   for (const [path, attn] of unet.attentionModules()) {
     for (const [name, lin] of attn.loraTargets()) out.set(`${path}.${name}`, lin);
   }
-  for (const [path, m] of unet.namedModules()) {
+  const modules = [...unet.namedModules()];
+  for (const [path, m] of modules) {
     if (m instanceof FeedForward) for (const [name, lin] of m.loraTargets()) out.set(`${path}.${name}`, lin);
+  }
+  for (const [path, m] of modules) {
+    if ((m instanceof Linear || m instanceof Conv2d) && !out.has(path)) out.set(path, m);
   }
   return out;
 }
@@ -49,16 +64,18 @@ export const ATTENTION_PROJECTIONS = ["to_q", "to_k", "to_v", "to_out.0"] as con
 export function initLora(unet: UNet2DConditionModel, rank: number, seed: number, alpha = rank, targets: readonly string[] = ATTENTION_PROJECTIONS): void {
   checkLoraTargets(unet, targets);
   let i = 0;
-  for (const [path, lin] of loraTargets(unet)) {
+  for (const [path, m] of loraTargets(unet)) {
     const index = i++;
-    lin.lora?.down.dispose();
-    lin.lora?.up.dispose();
-    lin.lora = null;
+    m.lora?.down.dispose();
+    m.lora?.up.dispose();
+    m.lora = null;
     if (!isLoraTarget(path, targets)) continue;
-    const down = hostRandn(rank * lin.inFeatures, (seed * 65537 + index * 2654435761) >>> 0).map((v) => v / rank);
-    lin.lora = {
-      down: Tensor.from(down, [rank, lin.inFeatures], "f32", "lora_A").keep().requireGrad(),
-      up: Tensor.from(new Float32Array(lin.outFeatures * rank), [lin.outFeatures, rank], "f32", "lora_B").keep().requireGrad(),
+    const shapes = loraShapes({ rank, ...loraTargetDims(m) });
+    const count = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+    const down = hostRandn(count(shapes.down), (seed * 65537 + index * 2654435761) >>> 0).map((v) => v / rank);
+    m.lora = {
+      down: Tensor.from(down, shapes.down, "f32", "lora_A").keep().requireGrad(),
+      up: Tensor.from(new Float32Array(count(shapes.up)), shapes.up, "f32", "lora_B").keep().requireGrad(),
       scale: alpha / rank,
     };
   }
@@ -68,7 +85,7 @@ export function initLora(unet: UNet2DConditionModel, rank: number, seed: number,
 export function checkLoraTargets(unet: UNet2DConditionModel, targets: readonly string[]): void {
   const paths = [...loraTargets(unet).keys()];
   const unmatched = targets.find((t) => !paths.some((p) => isLoraTarget(p, [t])));
-  if (unmatched !== undefined) throw new UserError(`"lora.target_modules": '${unmatched}' names no LoRA target of this UNet (attention projection or feed-forward linear)`);
+  if (unmatched !== undefined) throw new UserError(`"lora.target_modules": '${unmatched}' names no linear or convolution of this UNet`);
 }
 
 /**
@@ -77,11 +94,14 @@ export function checkLoraTargets(unet: UNet2DConditionModel, targets: readonly s
  */
 export function checkLoraLayers(unet: UNet2DConditionModel, layers: ReadonlyMap<string, LoraLayer>, source: string): void {
   const targets = loraTargets(unet);
+  const describe = (d: Pick<LoraLayer, "inFeatures" | "outFeatures" | "kernelSize">) =>
+    d.kernelSize === undefined ? `a ${d.outFeatures}x${d.inFeatures} linear` : `a ${d.kernelSize}x${d.kernelSize} convolution from ${d.inFeatures} to ${d.outFeatures} channels`;
   for (const [path, l] of layers) {
-    const lin = targets.get(path);
-    if (!lin) throw new UserError(`${source}: LoRA layer '${path}' is not a LoRA target of this UNet (attention projection or feed-forward linear)`);
-    if (l.inFeatures !== lin.inFeatures || l.outFeatures !== lin.outFeatures) {
-      throw new UserError(`${source}: LoRA layer '${path}' is ${l.outFeatures}x${l.inFeatures}, the UNet's projection is ${lin.outFeatures}x${lin.inFeatures}`);
+    const m = targets.get(path);
+    if (!m) throw new UserError(`${source}: LoRA layer '${path}' names no linear or convolution of this UNet`);
+    const want = loraTargetDims(m);
+    if (l.inFeatures !== want.inFeatures || l.outFeatures !== want.outFeatures || l.kernelSize !== want.kernelSize) {
+      throw new UserError(`${source}: LoRA layer '${path}' is for ${describe(l)}, the UNet's module is ${describe(want)}`);
     }
   }
 }
@@ -91,12 +111,13 @@ export function attachLoraLayers(unet: UNet2DConditionModel, layers: ReadonlyMap
   checkLoraLayers(unet, layers, source);
   const targets = loraTargets(unet);
   for (const [path, l] of layers) {
-    const lin = targets.get(path)!;
-    lin.lora?.down.dispose();
-    lin.lora?.up.dispose();
-    lin.lora = {
-      down: Tensor.from(l.down, [l.rank, l.inFeatures], "f32", "lora_A").keep().requireGrad(trainable),
-      up: Tensor.from(l.up, [l.outFeatures, l.rank], "f32", "lora_B").keep().requireGrad(trainable),
+    const m = targets.get(path)!;
+    const shapes = loraShapes(l);
+    m.lora?.down.dispose();
+    m.lora?.up.dispose();
+    m.lora = {
+      down: Tensor.from(l.down, shapes.down, "f32", "lora_A").keep().requireGrad(trainable),
+      up: Tensor.from(l.up, shapes.up, "f32", "lora_B").keep().requireGrad(trainable),
       scale: loraScale(l),
     };
   }
@@ -111,25 +132,24 @@ export function loadLoraFile(unet: UNet2DConditionModel, path: string, trainable
 /** The attached adapters as host data (for writing peft files and checkpoints). */
 export async function exportLora(unet: UNet2DConditionModel): Promise<Map<string, LoraLayer>> {
   const out = new Map<string, LoraLayer>();
-  for (const [path, lin] of loraTargets(unet)) {
-    if (!lin.lora) continue;
-    const rank = lin.lora.down.shape[0];
+  for (const [path, m] of loraTargets(unet)) {
+    if (!m.lora) continue;
+    const rank = m.lora.down.shape[0];
     out.set(path, {
-      down: await lin.lora.down.readF32(),
-      up: await lin.lora.up.readF32(),
+      down: await m.lora.down.readF32(),
+      up: await m.lora.up.readF32(),
       rank,
-      inFeatures: lin.inFeatures,
-      outFeatures: lin.outFeatures,
-      alpha: lin.lora.scale * rank,
+      ...loraTargetDims(m),
+      alpha: m.lora.scale * rank,
     });
   }
   return out;
 }
 
 export function removeLora(unet: UNet2DConditionModel): void {
-  for (const [, lin] of loraTargets(unet)) {
-    lin.lora?.down.dispose();
-    lin.lora?.up.dispose();
-    lin.lora = null;
+  for (const [, m] of loraTargets(unet)) {
+    m.lora?.down.dispose();
+    m.lora?.up.dispose();
+    m.lora = null;
   }
 }

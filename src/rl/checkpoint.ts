@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { UserError } from "../errors.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
 import { openSafetensors, type TensorToWrite, writeSafetensors } from "../io/safetensors.ts";
-import { type LoraLayer, writeLoraFile } from "../io/lora_format.ts";
+import { type LoraLayer, loraDims, loraShapes, writeLoraFile } from "../io/lora_format.ts";
 import { type AdamWState, type AdamWStateData, exportAdamWState, importAdamWState } from "../tensor/ops/optim.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import type { UNet2DConditionModel } from "../nn/unet.ts";
@@ -65,8 +65,9 @@ export async function saveCheckpoint(runDir: string, unet: UNet2DConditionModel,
     const data: AdamWStateData = await exportAdamWState(opt);
     const tensors = new Map<string, TensorToWrite>();
     for (const [path, l] of layers) {
-      tensors.set(`lora.${path}.down`, { dtype: "F32", shape: [l.rank, l.inFeatures], data: l.down });
-      tensors.set(`lora.${path}.up`, { dtype: "F32", shape: [l.outFeatures, l.rank], data: l.up });
+      const shapes = loraShapes(l);
+      tensors.set(`lora.${path}.down`, { dtype: "F32", shape: shapes.down, data: l.down });
+      tensors.set(`lora.${path}.up`, { dtype: "F32", shape: shapes.up, data: l.up });
       tensors.set(`lora.${path}.alpha`, { dtype: "F32", shape: [1], data: Float32Array.of(l.alpha ?? l.rank) });
     }
     data.m.forEach((m, i) => m && tensors.set(`m.${i}`, { dtype: "F32", shape: [m.length], data: m }));
@@ -116,9 +117,9 @@ export function loadCheckpoint(path: string, unet: UNet2DConditionModel, params:
     const up = `lora.${m[1]}.up`;
     const alpha = `lora.${m[1]}.alpha`;
     if (!f.has(up) || !f.has(alpha)) throw new UserError(`${file}: '${name}' has no '${f.has(up) ? alpha : up}'`);
-    const [rank, inFeatures] = f.info(name).shape;
-    const outFeatures = f.info(up).shape[0];
-    layers.set(m[1], { down: f.toF32(name), up: f.toF32(up), rank, inFeatures, outFeatures, alpha: f.toF32(alpha)[0] });
+    const dims = loraDims(f.info(name).shape, f.info(up).shape);
+    if (typeof dims === "string") throw new UserError(`${file}: '${m[1]}': ${dims}`);
+    layers.set(m[1], { down: f.toF32(name), up: f.toF32(up), ...dims, alpha: f.toF32(alpha)[0] });
   }
   attachLoraLayers(unet, layers, file, true);
   const ps = params();

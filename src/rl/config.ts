@@ -87,7 +87,7 @@ export interface Config {
     rank: number;
     /** null = rank (scale 1). */
     alpha: number | null;
-    /** Comma list of the attention projections (and feed-forward linears) that get adapters, by name or path suffix (peft's target_modules). */
+    /** Comma list of the linears and convolutions that get adapters, by name or path suffix (peft's target_modules). */
     target_modules: string;
     /** Seed whose adapter initialisation to use; null = `seed`. */
     init_seed: number | null;
@@ -123,11 +123,9 @@ interface Field {
 
 /** The projections of every attention that LoRA can adapt (diffusers' names): the default targets. */
 export const LORA_TARGET_NAMES = ATTENTION_PROJECTIONS;
-/** The feed-forward linears of the transformer blocks, adapted only when named. */
-export const LORA_FF_TARGET_NAMES = ["ff.net.0.proj", "ff.net.2"] as const;
-// a projection name, optionally after attn1./attn2. or a whole module path ending in one (peft matches
-// suffixes); or a feed-forward linear, optionally after a module path
-const LORA_TARGET_PATTERN = /^(?:(?:(?:\w+\.)*attn[12]\.)?(?:to_q|to_k|to_v|to_out\.0)|(?:\w+\.)*ff\.net\.(?:0\.proj|2))$/;
+// a module name or dotted path (peft matches suffixes); whether it names a linear or convolution of the
+// UNet is checked against the model (nn/lora's checkLoraTargets)
+const LORA_TARGET_PATTERN = /^\w+(?:\.\w+)*$/;
 
 /** `lora.target_modules` as a list. */
 export function loraTargetModules(cfg: Config): string[] {
@@ -189,7 +187,7 @@ const FIELDS: readonly Field[] = [
   { key: "reward.layers", type: { kind: "layers" }, def: "res:4", doc: "Cross-attention layers of the reward map (res:N, down, mid, up, module paths; comma list)" },
   { key: "lora.rank", type: int(1), def: 4, doc: "LoRA rank" },
   { key: "lora.alpha", type: { kind: "number?", min: 0, minOpen: true }, def: null, doc: "LoRA alpha (null = rank, i.e. scale 1)" },
-  { key: "lora.target_modules", type: str, def: LORA_TARGET_NAMES.join(","), doc: "Attention projections that get LoRA adapters: comma list of to_q, to_k, to_v, to_out.0, each optionally prefixed attn1. (self), attn2. (cross) or a module path ending in one (e.g. up_blocks.0.attentions.1.transformer_blocks.0.attn2.to_v), as peft's target_modules; the transformer blocks' feed-forward linears ff.net.0.proj and ff.net.2 (or a module path ending in one) when named", hashOmitDefault: true },
+  { key: "lora.target_modules", type: str, def: LORA_TARGET_NAMES.join(","), doc: "Modules that get LoRA adapters, as peft's target_modules: comma list of names or module-path suffixes of the UNet's linears and convolutions, e.g. to_q, attn2.to_k, up_blocks.0.attentions.1.transformer_blocks.0.attn2.to_v, ff.net.2, up_blocks.1.resnets.0.conv1 (default: every attention projection)", hashOmitDefault: true },
   { key: "lora.init_seed", type: { kind: "number?", min: 0, integer: true, max: Number.MAX_SAFE_INTEGER }, def: null, doc: "Seed of the adapters' initial weights (null = seed); sample order and noise still follow seed", hashOmitDefault: true },
   { key: "report.num_samples", type: int(0), def: 4, doc: "Fixed samples rendered at every save" },
 ];
@@ -383,7 +381,7 @@ function crossCheck(cfg: Config, source: string): void {
   if (sb % k !== 0) fail(`"sample.batch_size" (${sb}) must be a multiple of "sample.num_image_per_prompt" (${k})`);
   const badTarget = loraTargetModules(cfg).find((t) => !LORA_TARGET_PATTERN.test(t));
   if (badTarget !== undefined) {
-    fail(`"lora.target_modules": '${badTarget}' is not one of ${LORA_TARGET_NAMES.join(", ")} (optionally prefixed attn1., attn2. or a module path ending in one), ${LORA_FF_TARGET_NAMES.join(" or ")} (optionally after a module path)`);
+    fail(`"lora.target_modules": '${badTarget}' is not a module name or dotted module path (e.g. ${LORA_TARGET_NAMES.join(", ")}, attn2.to_k, up_blocks.1.resnets.0.conv1)`);
   }
   const ps = cfg.per_prompt_stat_tracking;
   if (ps.min_count > ps.buffer_size) {
