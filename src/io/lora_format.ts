@@ -10,6 +10,7 @@
 // attention-processor format (`<block>.processor.to_q_lora.down.weight`, to_k/to_v/to_out).
 // Write: the peft/diffusers format, which diffusers' `load_lora_weights` reads.
 import { UserError } from "../errors.ts";
+import { numel } from "../tensor/tensor.ts";
 import { openSafetensors, writeSafetensors, type SafetensorsFile, type TensorToWrite } from "./safetensors.ts";
 
 export interface LoraLayer {
@@ -166,11 +167,10 @@ export function writeLoraFile(path: string, layers: ReadonlyMap<string, LoraLaye
   const tensors = new Map<string, TensorToWrite>();
   for (const [module, l] of layers) {
     const shapes = loraShapes(l);
-    const count = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
-    if (l.down.length !== count(shapes.down)) {
+    if (l.down.length !== numel(shapes.down)) {
       throw new Error(`writeLoraFile: '${module}' down has ${l.down.length} values, expected ${shapes.down.join("x")}`);
     }
-    if (l.up.length !== count(shapes.up)) {
+    if (l.up.length !== numel(shapes.up)) {
       throw new Error(`writeLoraFile: '${module}' up has ${l.up.length} values, expected ${shapes.up.join("x")}`);
     }
     const scale = loraScale(l);

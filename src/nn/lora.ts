@@ -2,7 +2,7 @@
 // attn2), as ddpo-pytorch / diffusers set them up: down ~ N(0, (1/r)^2), up = 0, scale alpha/r; on
 // request (peft's target_modules) also on any other linear or convolution of the UNet (e.g. the
 // transformer blocks' ff.net.0.proj / ff.net.2, the resnets' conv1 / conv2).
-import { Tensor } from "../tensor/tensor.ts";
+import { Tensor, numel } from "../tensor/tensor.ts";
 import { UserError } from "../errors.ts";
 import { type LoraLayer, loraScale, loraShapes, readLoraFile } from "../io/lora_format.ts";
 import { Conv2d, Linear } from "./layers.ts";
@@ -71,11 +71,10 @@ export function initLora(unet: UNet2DConditionModel, rank: number, seed: number,
     m.lora = null;
     if (!isLoraTarget(path, targets)) continue;
     const shapes = loraShapes({ rank, ...loraTargetDims(m) });
-    const count = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
-    const down = hostRandn(count(shapes.down), (seed * 65537 + index * 2654435761) >>> 0).map((v) => v / rank);
+    const down = hostRandn(numel(shapes.down), (seed * 65537 + index * 2654435761) >>> 0).map((v) => v / rank);
     m.lora = {
       down: Tensor.from(down, shapes.down, "f32", "lora_A").keep().requireGrad(),
-      up: Tensor.from(new Float32Array(count(shapes.up)), shapes.up, "f32", "lora_B").keep().requireGrad(),
+      up: Tensor.from(new Float32Array(numel(shapes.up)), shapes.up, "f32", "lora_B").keep().requireGrad(),
       scale: alpha / rank,
     };
   }
