@@ -13,11 +13,14 @@
 //   bun scripts/learning_evidence.ts --model DIR --out DIR [--seeds 0,1,2] [--epochs 12]
 //        [--reward paper|brightness] [--train-n 32] [--heldout-n 16] [--eval-seeds 2] [--set key=value ...]
 //        [--lora NAME=DIR ...] [--no-control] [--measure-on heldout|train] [--before-cache DIR]
+//        [--heldout-skip K]
 // --measure-on train measures on the training edits instead of the held-out ones (does a run learn
 // what it was rewarded on, whether or not that carries over).
 // --no-control trains only the rewarded run of each seed (to count how often it rises, at half the cost).
 // --before-cache DIR keeps the model's before-training values there, keyed by everything they depend
 // on (model, measure, edits, sampler, reward, seeds), so runs of other training settings skip them.
+// --heldout-skip K measures on held-out edits K+1..K+H instead of 1..H: a confirmation set disjoint
+// from an earlier experiment's, declared before it is measured (learning notes E33).
 // With --lora no run trains: each saved checkpoint folder (a run's checkpoints/checkpoint_N) is measured
 // on the same held-out edits and seeds as the model before training, paired (e.g. an earlier epoch of
 // a run; the --set values must be the run's, since they choose the sampler).
@@ -57,6 +60,7 @@ const { values } = parseArgs({
     "no-control": { type: "boolean", default: false },
     "measure-on": { type: "string", default: "heldout" },
     "before-cache": { type: "string" },
+    "heldout-skip": { type: "string", default: "0" },
   },
 });
 if (!values.model || !values.out) throw new Error("--model DIR and --out DIR are required");
@@ -75,7 +79,9 @@ await initGpu();
 const trainManifest = join(out, "train", "manifest.jsonl");
 const heldManifest = join(out, "heldout", "manifest.jsonl");
 if (!existsSync(trainManifest)) await synthDataset(join(out, "train"), { n: Number(values["train-n"]), seed: 3, size: 32, grounded: true });
-if (!existsSync(heldManifest)) await synthDataset(join(out, "heldout"), { n: Number(values["heldout-n"]), seed: HELDOUT_SEED, size: 32, grounded: true });
+const heldoutSkip = Number(values["heldout-skip"]);
+if (!Number.isInteger(heldoutSkip) || heldoutSkip < 0) throw new Error(`--heldout-skip: '${values["heldout-skip"]}' is not a count`);
+if (!existsSync(heldManifest)) await synthDataset(join(out, "heldout"), { n: heldoutSkip + Number(values["heldout-n"]), seed: HELDOUT_SEED, size: 32, grounded: true });
 
 const models = loadIP2P(values.model);
 const layersSpec = `reward.layers=${defaultRewardLayers(models.unet)}`;
@@ -86,7 +92,11 @@ const mapSide = Math.ceil(cfg0.resolution / models.vae.scaleFactor / layers[0].f
 const held: PreparedSample[] = [];
 const measureOn = values["measure-on"]!;
 if (measureOn !== "heldout" && measureOn !== "train") throw new Error(`--measure-on: '${measureOn}' is not heldout or train`);
-for await (const s of (await openDataset(measureOn === "train" ? trainManifest : heldManifest)).samples()) held.push(await prepareSample(s, cfg0.resolution, mapSide));
+let index = 0;
+for await (const s of (await openDataset(measureOn === "train" ? trainManifest : heldManifest)).samples()) {
+  if (measureOn === "train" || index++ >= heldoutSkip) held.push(await prepareSample(s, cfg0.resolution, mapSide));
+}
+if (measureOn === "heldout" && held.length !== Number(values["heldout-n"])) throw new Error(`${heldManifest} holds ${held.length + heldoutSkip} edits, not --heldout-skip + --heldout-n (a folder from another run?)`);
 const evalSeeds = Array.from({ length: Number(values["eval-seeds"]) }, (_, i) => 1000 + i);
 
 const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
@@ -128,7 +138,7 @@ const t0 = performance.now();
 async function measureBefore(): Promise<number[]> {
   if (!values["before-cache"]) return heldOutCos(models, cfg0);
   const key = createHash("sha256")
-    .update(JSON.stringify({ model: resolve(values.model!), rewardKind, measureOn, edits: readFileSync(measureOn === "train" ? trainManifest : heldManifest, "utf8"), sample: { ...cfg0.sample, shared_initial_noise: undefined /* training only */ }, reward: cfg0.reward, resolution: cfg0.resolution, evalSeeds }))
+    .update(JSON.stringify({ model: resolve(values.model!), rewardKind, measureOn, ...(heldoutSkip > 0 ? { heldoutSkip } : {}), edits: readFileSync(measureOn === "train" ? trainManifest : heldManifest, "utf8"), sample: { ...cfg0.sample, shared_initial_noise: undefined /* training only */ }, reward: cfg0.reward, resolution: cfg0.resolution, evalSeeds }))
     .digest("hex")
     .slice(0, 16);
   const file = join(resolve(values["before-cache"]), `before-${key}.json`);
