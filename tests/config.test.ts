@@ -119,16 +119,26 @@ describe("defaults", () => {
     expect(defaultConfig().train.batch_size).toBe(1);
   });
 
-  test("configs/paper.json is exactly the defaults; configs/tiny-cpu.json is the demo's training run", async () => {
+  test("configs/paper.json is exactly the defaults; configs/tiny-cpu-conv.json is the demo's training run", async () => {
     expect(configToJSON(loadConfig(repoFile("configs/paper.json")))).toEqual(configToJSON(defaultConfig()));
-    const tiny = loadConfig(repoFile("configs/tiny-cpu.json"));
+    const conv = loadConfig(repoFile("configs/tiny-cpu-conv.json"));
     const { DEMO_SETTINGS } = await import("../src/cli/demo.ts");
     const demo = loadConfig(undefined, DEMO_SETTINGS);
     for (const kv of DEMO_SETTINGS) {
       const key = kv.slice(0, kv.indexOf("="));
-      expect([key, configGet(tiny, key)]).toEqual([key, configGet(demo, key)]);
+      expect([key, configGet(conv, key)]).toEqual([key, configGet(demo, key)]);
     }
-    expect(tiny.model).toBe("");
+    expect(conv.model).toBe("");
+  });
+
+  test("configs/tiny-cpu-conv.json is configs/tiny-cpu.json (learning notes E23-E30) with E31's convolution adapters, and its targets exist in the embedded model", async () => {
+    const tiny = loadConfig(repoFile("configs/tiny-cpu.json"));
+    const conv = loadConfig(repoFile("configs/tiny-cpu-conv.json"));
+    const differing = configKeys().map((k) => k.key).filter((k) => JSON.stringify(configGet(conv, k)) !== JSON.stringify(configGet(tiny, k)));
+    expect(differing.sort()).toEqual(["logdir", "lora.target_modules", "num_epochs", "sample.shared_initial_noise"]);
+    const { loadRunConfig } = await import("../src/cli/run_config.ts");
+    const run = await loadRunConfig(repoFile("configs/tiny-cpu-conv.json"), [], "--config"); // throws if a target names no module of the embedded UNet
+    expect(run.cfg.lora.target_modules.split(",")).toContain("conv_out");
   });
 });
 
