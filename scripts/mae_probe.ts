@@ -1,6 +1,7 @@
 // Where MAE(edit, input) comes from under a given sampler: per held-out edit, the VAE's round trip
-// alone, the edit's change inside and outside the mask, and the target's own change (learning notes E23).
-// Usage: bun scripts/mae_probe.ts --model DIR [--n 16] [--seeds 2] [--set key=value ...]
+// alone, the edit's change inside and outside the mask, and the target's own change (learning notes E23);
+// with --lora FILE, of the model with that trained LoRA (the same edits and seeds, so two runs pair up: E33).
+// Usage: bun scripts/mae_probe.ts --model DIR [--lora FILE] [--n 16] [--seeds 2] [--set key=value ...]
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -13,16 +14,18 @@ import { editImage } from "../src/diffusion/edit.ts";
 import { writePng, resize } from "../src/io/image.ts";
 import { openDataset, loadImage } from "../src/io/datasets/index.ts";
 import { loadConfig } from "../src/rl/config.ts";
+import { loadLoraFile } from "../src/nn/lora.ts";
 import { prepareSample } from "../src/rl/prepare.ts";
 import { HELDOUT_SEED } from "../src/pretrain/data.ts";
 import { EXPERIMENT_SETTINGS } from "./experiment_settings.ts";
 
-const { values } = parseArgs({ options: { model: { type: "string" }, n: { type: "string", default: "16" }, seeds: { type: "string", default: "2" }, data: { type: "string", default: "/tmp/mae_probe_heldout" }, pics: { type: "string" }, set: { type: "string", multiple: true, default: [] } } });
+const { values } = parseArgs({ options: { model: { type: "string" }, n: { type: "string", default: "16" }, seeds: { type: "string", default: "2" }, data: { type: "string", default: "/tmp/mae_probe_heldout" }, pics: { type: "string" }, lora: { type: "string" }, set: { type: "string", multiple: true, default: [] } } });
 await initGpu();
 const manifest = join(values.data!, "manifest.jsonl");
 if (!existsSync(manifest)) await synthDataset(values.data!, { n: Number(values.n), seed: HELDOUT_SEED, size: 32, grounded: true });
 const cfg = loadConfig(undefined, [...EXPERIMENT_SETTINGS, "sample.num_steps=8", ...values.set!]);
 const m = loadIP2P(values.model!);
+if (values.lora) loadLoraFile(m.unet, values.lora);
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const rows: { vae: number; tgt: number; all: number; inside: number; outside: number; frac: number }[] = [];
 for await (const s of (await openDataset(manifest)).samples()) {
