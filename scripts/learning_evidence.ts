@@ -23,7 +23,8 @@
 // from an earlier experiment's, declared before it is measured (learning notes E33).
 // With --lora no run trains: each saved checkpoint folder (a run's checkpoints/checkpoint_N) is measured
 // on the same held-out edits and seeds as the model before training, paired (e.g. an earlier epoch of
-// a run; the --set values must be the run's, since they choose the sampler).
+// a run; the --set values must be the run's, since they choose the sampler); OUT/results.json then
+// holds every pair's values (cosine, reward, MAE) before and with each checkpoint.
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
@@ -169,10 +170,15 @@ async function measureLora(loraFile: string, cfg: Config) {
 }
 
 if (values.lora!.length > 0) {
+  // per (edit, seed) values, so that two checkpoints can be compared paired on the same pairs
+  const measured: Record<string, unknown>[] = [];
   for (const spec of values.lora!) {
     const i = spec.indexOf("=");
+    const name = i < 0 ? spec : spec.slice(0, i);
     const m = await measureLora(join(spec.slice(i + 1), LORA_FILE), cfg0);
-    console.log(`${i < 0 ? spec : spec.slice(0, i)}: ${m.line} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+    console.log(`${name}: ${m.line} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+    measured.push({ name, lora: resolve(spec.slice(i + 1)), after: mean(m.after), diff_mean: m.d.mean, diff_se: m.d.stderr, after_values: m.after, ...(rewardKind === "paper" ? side : {}) });
+    writeFileSync(join(out, "results.json"), JSON.stringify({ model: resolve(values.model), reward: rewardKind, measure: measureName, measured_on: measureOn, heldout_skip: heldoutSkip, settings: SETTINGS, eval_seeds: evalSeeds, before: meanBefore, before_values: before, before_side: sideBefore, loras: measured }, null, 2) + "\n");
   }
   destroyGpu();
   process.exit(0);
