@@ -29,7 +29,7 @@ import { action, num } from "./run.ts";
 
 /**
  * The demo's training run (configs/tiny-cpu-conv.json): the design of learning notes E23–E24 with
- * E31's adapters (README gives its measured time on 2 CPU cores). Guidance s_T 3 / s_I 3: at the paper's 5 / 1.5 the
+ * E34's adapters (README gives its measured time on 2 CPU cores). Guidance s_T 3 / s_I 3: at the paper's 5 / 1.5 the
  * tiny editor repaints enough background that the clip penalty fires on half the object edits and PPO
  * learns to change less (E23). Whole sampling batches (two edits x four samples, one initial noise per
  * four) per optimizer step: one trajectory per step is mostly noise and drifts (E23, E27). LoRA on
