@@ -9,7 +9,7 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { openSafetensors, writeSafetensors, type TensorToWrite } from "../src/io/safetensors.ts";
+import { readLoraFile, writeLoraFile, type LoraLayer } from "../src/io/lora_format.ts";
 import { LORA_FILE } from "../src/rl/checkpoint.ts";
 
 const { values } = parseArgs({
@@ -19,24 +19,11 @@ if (!values.from || !values.out || (values.keep === undefined) === (values.drop 
   throw new Error("usage: --from CHECKPOINT_DIR --out DIR and one of --keep M1,M2 or --drop M1,M2");
 }
 const listed = new Set((values.keep ?? values.drop)!.split(",").filter((m) => m !== ""));
-const file = openSafetensors(join(values.from, LORA_FILE));
-
-/** `unet.<module>.lora_A.weight` -> `<module>` (the peft/diffusers names our checkpoints use). */
-function moduleOf(name: string): string {
-  const m = /^unet\.(.+)\.lora_[AB]\.weight$/.exec(name);
-  if (!m) throw new Error(`${file.path}: '${name}' is not a unet LoRA tensor`);
-  return m[1];
-}
-
-const modules = new Set(file.names().map(moduleOf));
-for (const m of listed) if (!modules.has(m)) throw new Error(`${file.path}: has no adapter on '${m}' (it has ${[...modules].join(", ")})`);
-const kept = new Map<string, TensorToWrite>();
-for (const name of file.names()) {
-  if (listed.has(moduleOf(name)) !== (values.keep !== undefined)) continue;
-  const info = file.info(name);
-  kept.set(name, { dtype: info.dtype, shape: info.shape, data: file.readTensor(name) });
-}
+const path = join(values.from, LORA_FILE);
+const { layers } = readLoraFile(path);
+for (const m of listed) if (!layers.has(m)) throw new Error(`${path}: has no adapter on '${m}' (it has ${[...layers.keys()].join(", ")})`);
+const kept = new Map<string, LoraLayer>([...layers].filter(([m]) => listed.has(m) === (values.keep !== undefined)));
 if (kept.size === 0) throw new Error("the subset is empty");
 mkdirSync(values.out, { recursive: true });
-writeSafetensors(join(values.out, LORA_FILE), kept, file.metadata ?? undefined);
-console.log(`${values.out}: ${kept.size / 2} of ${modules.size} adapters`);
+writeLoraFile(join(values.out, LORA_FILE), kept);
+console.log(`${values.out}: ${kept.size} of ${layers.size} adapters`);
